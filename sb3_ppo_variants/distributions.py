@@ -1,0 +1,108 @@
+"""The objectives applied to stable-baselines3's action distributions.
+
+SB3 wraps torch distributions in its own classes; this module reads the torch
+distribution out of them to compute the pseudo-entropy and the exact KL
+divergence, and keeps the old distribution's parameters as a plain tensor so they
+can be stored for a whole rollout.
+
+How the maths extends beyond a single categorical action:
+
+- **Discrete**: ``H' = Σ_a π(a)(1 − π(a))`` as in the seed.
+- **MultiDiscrete** and **MultiBinary**: the action is the joint ``a = (a_1, …, a_k)`` of
+  independent components, and ``H'`` is the seed's formula applied to that joint action:
+  ``1 − Π_i (1 − H'_i)``, with ``H'_i = 2p_i(1 − p_i)`` for a binary component. The
+  logit-space target uses ``π_old`` of the joint action, ``exp(Σ_i log π_i)``, which is what
+  SB3 stores as the old log-probability.
+- **Box**: a Gaussian density is not a probability, so neither ``H'`` nor the logit target
+  is defined; asking for them raises at construction.
+"""
+
+from __future__ import annotations
+
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.distributions import (
+    BernoulliDistribution,
+    CategoricalDistribution,
+    Distribution,
+    MultiCategoricalDistribution,
+)
+from torch.distributions import Bernoulli, Categorical, Normal, kl_divergence
+
+from sb3_ppo_variants.objectives import bernoulli_pseudo_entropy, joint_pseudo_entropy, pseudo_entropy
+
+PROBABILITY_SPACES = (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+
+
+def has_action_probabilities(action_space: spaces.Space) -> bool:
+    """Whether actions in this space have probabilities (not densities) under SB3's policies.
+
+    :param action_space: the environment's action space.
+    :return: ``True`` for Discrete, MultiDiscrete and MultiBinary.
+    """
+    return isinstance(action_space, PROBABILITY_SPACES)
+
+
+def action_pseudo_entropy(distribution: Distribution) -> th.Tensor:
+    """Per-state pseudo-entropy ``H'(s)`` of an SB3 action distribution.
+
+    :param distribution: a categorical, multi-categorical or Bernoulli SB3 distribution
+        whose parameters have been set by a forward pass.
+    :return: ``H'`` with shape ``(batch,)``.
+    """
+    if isinstance(distribution, CategoricalDistribution):
+        return pseudo_entropy(distribution.distribution.probs)
+    if isinstance(distribution, MultiCategoricalDistribution):
+        components = th.stack([pseudo_entropy(component.probs) for component in distribution.distribution], dim=-1)
+        return joint_pseudo_entropy(components)
+    if isinstance(distribution, BernoulliDistribution):
+        return joint_pseudo_entropy(bernoulli_pseudo_entropy(distribution.distribution.probs))
+    raise ValueError(
+        f"the pseudo-entropy needs action probabilities (Discrete, MultiDiscrete or MultiBinary action spaces), "
+        f"got {type(distribution).__name__}"
+    )
+
+
+def distribution_parameters(distribution: Distribution) -> th.Tensor:
+    """The parameters of an SB3 distribution as one ``(batch, n)`` tensor, without gradient.
+
+    Categorical and Bernoulli: logits. Multi-categorical: the components' logits side by
+    side. Gaussian (diagonal or state-dependent noise): mean and standard deviation side by side.
+
+    :param distribution: an SB3 distribution whose parameters have been set.
+    :return: the detached parameters.
+    """
+    torch_distribution = distribution.distribution
+    if isinstance(torch_distribution, list):
+        return th.cat([component.logits for component in torch_distribution], dim=-1).detach()
+    if isinstance(torch_distribution, Categorical | Bernoulli):
+        return torch_distribution.logits.detach()
+    if isinstance(torch_distribution, Normal):
+        return th.cat([torch_distribution.mean, torch_distribution.stddev], dim=-1).detach()
+    raise TypeError(f"no parameter layout for {type(torch_distribution).__name__}")
+
+
+def exact_kl(old_parameters: th.Tensor, distribution: Distribution) -> th.Tensor:
+    """Exact ``KL(π_old ‖ π)`` per state, from stored old parameters and the current distribution.
+
+    Independent components (Gaussian dimensions, binary components, the categorical
+    components of a MultiDiscrete action) add up.
+
+    :param old_parameters: ``distribution_parameters`` of the rollout policy for the same states.
+    :param distribution: the current SB3 distribution, with gradient.
+    :return: KL with shape ``(batch,)``.
+    """
+    current = distribution.distribution
+    if isinstance(current, list):
+        splits = th.split(old_parameters, [component.logits.shape[-1] for component in current], dim=-1)
+        return th.stack(
+            [kl_divergence(Categorical(logits=old), new) for old, new in zip(splits, current, strict=True)], dim=-1
+        ).sum(dim=-1)
+    if isinstance(current, Categorical):
+        return kl_divergence(Categorical(logits=old_parameters), current)
+    if isinstance(current, Bernoulli):
+        return kl_divergence(Bernoulli(logits=old_parameters), current).sum(dim=-1)
+    if isinstance(current, Normal):
+        mean, std = th.chunk(old_parameters, 2, dim=-1)
+        return kl_divergence(Normal(mean, std), current).sum(dim=-1)
+    raise TypeError(f"no exact KL for {type(current).__name__}")
