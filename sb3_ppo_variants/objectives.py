@@ -72,7 +72,8 @@ def target_ratio(
       at ``π_old = 1/2``, about twice the step for ``π_old ≪ 1`` and much tighter for
       ``π_old ≈ 1``. It is symmetric: ``π'(π_old, A) = 1 − π'(1 − π_old, −A)``.
 
-    The denominator is at least ``1 − ε > 0`` for ``ε < 1``, so the ratio is finite.
+    The denominator is at least ``1 − ε > 0`` for ``ε < 1``, so the ratio is finite; it is
+    computed in float64 so that this holds for ``ε`` up to float32's last step below 1.
     The result carries no gradient: the target depends on the rollout only.
 
     :param old_log_prob: ``log π_old`` of the taken actions.
@@ -83,11 +84,12 @@ def target_ratio(
     """
     if delta_target_policy not in DELTA_TARGET_POLICIES:
         raise ValueError(f"delta_target_policy must be one of {DELTA_TARGET_POLICIES}, got {delta_target_policy!r}")
-    step = clip_range * th.sign(advantages.detach())
     if delta_target_policy == "absolute":
-        return 1.0 + step
-    old_prob = th.exp(old_log_prob.detach())
-    return (1.0 + step) / (1.0 + step * (2.0 * old_prob - 1.0))
+        return 1.0 + clip_range * th.sign(advantages.detach())
+    # float64: with ε close to 1 the denominator 1 − ε would round to 0 in float32
+    step64 = clip_range * th.sign(advantages.detach().double())
+    old_prob = th.exp(old_log_prob.detach().double())
+    return ((1.0 + step64) / (1.0 + step64 * (2.0 * old_prob - 1.0))).to(advantages.dtype)
 
 
 def restoring_slope(peaked_policy_loss: bool | float) -> float:
