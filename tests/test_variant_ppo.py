@@ -1,0 +1,309 @@
+"""VariantPPO against SB3's PPO: parity, action spaces, bad input, logging and the one-forward-pass loop."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from stable_baselines3 import PPO
+from stable_baselines3.common.envs import (
+    IdentityEnv,
+    IdentityEnvBox,
+    IdentityEnvMultiBinary,
+    IdentityEnvMultiDiscrete,
+    SimpleMultiObsEnv,
+)
+from stable_baselines3.common.logger import configure
+
+from sb3_ppo_variants import SPOPPO, KLPenaltyPPO, LogitPPO, PeakedPPO, RescaledPPO, VariantPPO
+
+th.set_num_threads(1)
+
+SMALL = dict(n_steps=64, batch_size=32, n_epochs=3, seed=7)
+
+
+# --------------------------------------------------------------------------- parity with PPO
+
+
+@pytest.mark.parametrize(
+    ("env_id", "extra"),
+    [
+        ("CartPole-v1", {}),
+        ("CartPole-v1", dict(clip_range_vf=0.2, target_kl=0.005, ent_coef=0.01)),
+        ("Pendulum-v1", {}),
+        ("Pendulum-v1", dict(use_sde=True, sde_sample_freq=4, normalize_advantage=False)),
+    ],
+)
+def test_default_options_reproduce_sb3_ppo(env_id, extra):
+    kwargs = dict(n_steps=128, batch_size=32, n_epochs=4, learning_rate=3e-3, seed=3, **extra)
+    reference = PPO("MlpPolicy", env_id, **kwargs).learn(512)
+    variant = VariantPPO("MlpPolicy", env_id, **kwargs).learn(512)
+    assert variant._n_updates == reference._n_updates
+    for (name, expected), actual in zip(
+        reference.policy.state_dict().items(), variant.policy.state_dict().values(), strict=True
+    ):
+        th.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6, msg=name)
+    # PPO's own logger keys keep PPO's meaning
+    for key in (
+        "train/loss",
+        "train/value_loss",
+        "train/entropy_loss",
+        "train/policy_gradient_loss",
+        "train/approx_kl",
+    ):
+        assert variant.logger.name_to_value[key] == pytest.approx(reference.logger.name_to_value[key], rel=1e-5)
+
+
+def test_presets_only_change_defaults():
+    expected = {
+        LogitPPO: {"delta_target_policy": "logit"},
+        PeakedPPO: {"peaked_policy_loss": True},
+        RescaledPPO: {"value_grad_rescaling": "smoothed"},
+        SPOPPO: {"surrogate": "spo"},
+        KLPenaltyPPO: {"surrogate": "unclipped", "kl_coef": 1.0},
+    }
+    names = (
+        "value_grad_rescaling",
+        "pseudo_entropy_smoothing",
+        "delta_target_policy",
+        "peaked_policy_loss",
+        "surrogate",
+        "kl_coef",
+        "kl_penalty_target",
+        "kl_adapt_factor",
+        "kl_adapt_tolerance",
+    )
+    base = VariantPPO("MlpPolicy", "CartPole-v1", _init_setup_model=False)
+    for preset, changed in expected.items():
+        model = preset("MlpPolicy", "CartPole-v1", _init_setup_model=False)
+        assert type(model).train is VariantPPO.train
+        for name in names:
+            assert getattr(model, name) == changed.get(name, getattr(base, name)), (preset.__name__, name)
+        # every default can still be overridden
+        overridden = preset(
+            "MlpPolicy", "CartPole-v1", _init_setup_model=False, **{k: getattr(base, k) for k in changed}
+        )
+        for name in names:
+            assert getattr(overridden, name) == getattr(base, name)
+
+
+# --------------------------------------------------------------------------- action spaces
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        lambda: IdentityEnv(dim=4),
+        lambda: IdentityEnvMultiDiscrete(dim=3),
+        lambda: IdentityEnvMultiBinary(dim=3),
+    ],
+    ids=["Discrete", "MultiDiscrete", "MultiBinary"],
+)
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(delta_target_policy="logit", value_grad_rescaling="per_state"),
+        dict(delta_target_policy="logit", value_grad_rescaling="smoothed", peaked_policy_loss=0.5),
+        dict(surrogate="spo", delta_target_policy="logit", value_grad_rescaling="per_batch"),
+        dict(surrogate="unclipped", kl_coef=1.0),
+    ],
+)
+def test_probability_action_spaces_support_every_option(env, options):
+    model = VariantPPO("MlpPolicy", env(), **SMALL, **options).learn(128)
+    logged = model.logger.name_to_value
+    n_actions = {spaces.Discrete: 4, spaces.MultiDiscrete: 27, spaces.MultiBinary: 8}[type(model.action_space)]
+    # H' of the joint action lies in [0, 1 − 1/N]
+    assert 0.0 < logged["train/pseudo_entropy"] <= 1 - 1 / n_actions + 1e-6
+    for key, value in logged.items():
+        if key.startswith("train/"):
+            assert np.isfinite(value), key
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(peaked_policy_loss=True),
+        dict(peaked_policy_loss=0.3),
+        dict(surrogate="spo"),
+        dict(surrogate="unclipped", kl_coef=1.0),
+        dict(kl_coef=0.5, use_sde=True),
+    ],
+)
+def test_box_action_space_supports_absolute_target_losses(options):
+    model = VariantPPO("MlpPolicy", IdentityEnvBox(), **SMALL, **options).learn(128)
+    assert "train/pseudo_entropy" not in model.logger.name_to_value
+    assert np.isfinite(model.logger.name_to_value["train/loss"])
+
+
+@pytest.mark.parametrize(("option", "value"), [("value_grad_rescaling", "per_state"), ("delta_target_policy", "logit")])
+def test_box_action_space_rejects_probability_options(option, value):
+    with pytest.raises(ValueError, match=rf"{option}.*Box"):
+        VariantPPO("MlpPolicy", "Pendulum-v1", **{option: value})
+
+
+def test_dict_observations_with_exact_kl():
+    model = KLPenaltyPPO("MultiInputPolicy", SimpleMultiObsEnv(random_start=False), **SMALL).learn(128)
+    assert model.logger.name_to_value["train/kl"] >= 0.0
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        (dict(value_grad_rescaling="per_sample"), r"value_grad_rescaling must be one of None, 'per_state'"),
+        (dict(value_grad_rescaling=True), r"value_grad_rescaling must be one of"),
+        (dict(delta_target_policy="logits"), r"delta_target_policy must be one of 'absolute', 'logit'"),
+        (dict(peaked_policy_loss=-0.1), r"peaked_policy_loss must be False, True or a float in \[0, 1\]"),
+        (dict(peaked_policy_loss=1.5), r"peaked_policy_loss must be False, True or a float in \[0, 1\]"),
+        (dict(peaked_policy_loss="yes"), r"peaked_policy_loss must be False, True or a float in \[0, 1\]"),
+        (dict(peaked_policy_loss=float("nan")), r"peaked_policy_loss must be"),
+        (dict(pseudo_entropy_smoothing=1.0), r"pseudo_entropy_smoothing must be a float in \[0, 1\)"),
+        (dict(pseudo_entropy_smoothing=-0.01), r"pseudo_entropy_smoothing must be a float in \[0, 1\)"),
+        (dict(delta_target_policy="logit", clip_range=1.0), r"clip_range must be in \(0, 1\) with delta_target_policy"),
+        (dict(delta_target_policy="logit", clip_range=lambda p: 1.5 - p), r"clip_range must be in \(0, 1\)"),
+        (dict(surrogate="trpo"), r"surrogate must be one of 'clipped', 'spo', 'unclipped'"),
+        (dict(surrogate="spo", peaked_policy_loss=True), r"peaked_policy_loss shapes the clipped surrogate"),
+        (dict(surrogate="spo", clip_range=0.0), r"clip_range must be > 0 with surrogate='spo'"),
+        (dict(kl_coef=-1.0), r"kl_coef must be a finite float >= 0"),
+        (dict(kl_coef=float("inf")), r"kl_coef must be a finite float >= 0"),
+        (dict(kl_penalty_target=0.0), r"kl_penalty_target must be a finite float > 0"),
+        (dict(kl_adapt_factor=1.0), r"kl_adapt_factor must be a finite float > 1"),
+        (dict(kl_adapt_tolerance=0.5), r"kl_adapt_tolerance must be a finite float > 1"),
+    ],
+)
+def test_bad_input_raises_at_construction(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        VariantPPO("MlpPolicy", "CartPole-v1", **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("preset", "kwargs"),
+    [
+        (LogitPPO, dict(clip_range=1.2)),
+        (PeakedPPO, dict(peaked_policy_loss=2)),
+        (RescaledPPO, dict(pseudo_entropy_smoothing=1)),
+        (SPOPPO, dict(peaked_policy_loss=True)),
+        (KLPenaltyPPO, dict(kl_penalty_target=-0.01)),
+    ],
+)
+def test_presets_validate_too(preset, kwargs):
+    with pytest.raises(ValueError):
+        preset("MlpPolicy", "CartPole-v1", **kwargs)
+
+
+# --------------------------------------------------------------------------- the loop itself
+
+
+def _count_feature_passes(model):
+    """Count forward passes through the (shared) features extractor."""
+    calls = {"n": 0}
+
+    def count(*_):
+        calls["n"] += 1
+
+    model.policy.pi_features_extractor.register_forward_hook(count)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        dict(value_grad_rescaling="per_state"),
+        dict(value_grad_rescaling="smoothed", delta_target_policy="logit", peaked_policy_loss=True),
+        dict(surrogate="spo"),
+    ],
+)
+def test_one_forward_pass_per_minibatch(options):
+    model = VariantPPO("MlpPolicy", "CartPole-v1", **SMALL, **options)
+    model.learn(64)  # one rollout and one update
+    calls = _count_feature_passes(model)
+    model.train()
+    minibatches = SMALL["n_steps"] // SMALL["batch_size"]
+    assert calls["n"] == SMALL["n_epochs"] * minibatches
+
+
+def test_kl_penalty_adds_one_pass_over_the_rollout():
+    model = KLPenaltyPPO("MlpPolicy", "CartPole-v1", **SMALL)
+    model.learn(64)
+    calls = _count_feature_passes(model)
+    model.train()
+    minibatches = SMALL["n_steps"] // SMALL["batch_size"]
+    assert calls["n"] == SMALL["n_epochs"] * minibatches + minibatches
+
+
+def test_kl_coef_adapts_once_per_rollout_from_the_last_epoch():
+    model = KLPenaltyPPO("MlpPolicy", "CartPole-v1", **SMALL, kl_penalty_target=10.0)  # KL far below target
+    model.learn(64)
+    assert model.kl_coef == pytest.approx(0.5)  # halved exactly once
+    model = KLPenaltyPPO("MlpPolicy", "CartPole-v1", **SMALL, kl_penalty_target=1e-9, learning_rate=1e-2)
+    model.learn(128)
+    assert model.kl_coef == pytest.approx(4.0)  # doubled once per rollout, two rollouts
+    assert model.logger.name_to_value["train/kl_coef"] == pytest.approx(2.0)  # β used by the last update
+
+
+def test_exact_kl_is_zero_at_the_first_minibatch_and_matches_the_old_policy():
+    model = KLPenaltyPPO("MlpPolicy", "CartPole-v1", **SMALL)
+    model.learn(64)
+    old = model._old_distribution_parameters()
+    buffer = model.rollout_buffer
+    observations = th.as_tensor(buffer.observations.reshape(-1, 4))
+    with th.no_grad():
+        logits = model.policy.get_distribution(observations).distribution.logits
+    th.testing.assert_close(old, logits)
+
+
+def test_smoothed_average_carries_across_minibatches():
+    model = RescaledPPO("MlpPolicy", "CartPole-v1", pseudo_entropy_smoothing=0.9, _init_setup_model=False)
+    errors = th.ones(4)
+    first = model._scaled_value_loss(errors, th.full((4,), 0.5))
+    second = model._scaled_value_loss(errors, th.tensor([0.1, 0.1, 0.3, 0.3]))
+    assert first[1] == pytest.approx(0.5)
+    assert second[1] == pytest.approx(0.9 * 0.5 + 0.1 * 0.2)
+    assert second[0].item() == pytest.approx(0.9 * 0.5 + 0.1 * 0.2)
+
+
+def test_per_state_rescaling_weights_each_state_without_gradient_through_h():
+    model = VariantPPO("MlpPolicy", "CartPole-v1", value_grad_rescaling="per_state", _init_setup_model=False)
+    errors = th.tensor([1.0, 4.0], requires_grad=True)
+    weights = th.tensor([0.5, 0.1], requires_grad=True)
+    loss, scale = model._scaled_value_loss(errors, weights)
+    loss.backward()
+    assert loss.item() == pytest.approx((0.5 * 1 + 0.1 * 4) / 2)
+    assert scale == pytest.approx(0.3)
+    np.testing.assert_allclose(errors.grad.numpy(), [0.25, 0.05])
+    assert weights.grad is None
+
+
+# --------------------------------------------------------------------------- logging
+
+
+def _logged_rows(tmp_path, model_cls, **kwargs):
+    model = model_cls("MlpPolicy", "CartPole-v1", **SMALL, **kwargs)
+    model.set_logger(configure(str(tmp_path), ["stdout", "csv", "tensorboard"]))
+    model.learn(192)
+    with open(tmp_path / "progress.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_logger_keys_reach_csv_and_tensorboard(tmp_path, capsys):
+    rows = _logged_rows(tmp_path, VariantPPO, value_grad_rescaling="per_batch", peaked_policy_loss=0.5)
+    last = rows[-1]
+    for key in ("pseudo_entropy", "value_loss_scale", "clip_fraction", "restoring_fraction", "ratio_deviation"):
+        assert last[f"train/{key}"] != "", key
+        assert len(f"train/{key}") < 36
+    # per-batch rescaling applies the minibatch means of H', whose mean is what is logged
+    assert float(last["train/value_loss_scale"]) == pytest.approx(float(last["train/pseudo_entropy"]), rel=1e-6)
+    assert "pseudo_entropy" in capsys.readouterr().out
+    assert list(tmp_path.glob("events.out.tfevents.*"))
+
+
+def test_restoring_fraction_only_with_the_peaked_loss(tmp_path):
+    rows = _logged_rows(tmp_path, VariantPPO)
+    assert "train/restoring_fraction" not in rows[-1]
+    assert float(rows[-1]["train/value_loss_scale"]) == 1.0
