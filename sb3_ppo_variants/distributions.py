@@ -19,6 +19,8 @@ How the maths extends beyond a single categorical action:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.distributions import (
@@ -72,7 +74,7 @@ def distribution_parameters(distribution: Distribution) -> th.Tensor:
     :param distribution: an SB3 distribution whose parameters have been set.
     :return: the detached parameters.
     """
-    torch_distribution = distribution.distribution
+    torch_distribution: Any = distribution.distribution
     if isinstance(torch_distribution, list):
         return th.cat([component.logits for component in torch_distribution], dim=-1).detach()
     if isinstance(torch_distribution, Categorical | Bernoulli):
@@ -92,7 +94,7 @@ def exact_kl(old_parameters: th.Tensor, distribution: Distribution) -> th.Tensor
     :param distribution: the current SB3 distribution, with gradient.
     :return: KL with shape ``(batch,)``.
     """
-    current = distribution.distribution
+    current: Any = distribution.distribution
     if isinstance(current, list):
         splits = th.split(old_parameters, [component.logits.shape[-1] for component in current], dim=-1)
         return th.stack(

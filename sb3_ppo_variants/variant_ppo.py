@@ -356,9 +356,9 @@ class VariantPPO(PPO):
         distribution = getattr(self.policy, "action_dist", None)
         torch_distribution = getattr(distribution, "distribution", None)
         first = torch_distribution[0] if isinstance(torch_distribution, list) else torch_distribution
-        if first is None or first.batch_shape[0] != batch_size:
-            distribution = self.policy.get_distribution(observations)
-        return distribution
+        if isinstance(distribution, Distribution) and first is not None and first.batch_shape[0] == batch_size:
+            return distribution
+        return self.policy.get_distribution(observations)
 
     def _scaled_value_loss(
         self, value_errors: th.Tensor, state_pseudo_entropy: th.Tensor | None
@@ -451,11 +451,11 @@ class VariantPPO(PPO):
                 clip_fractions.append(diagnostics.clip_fraction)
                 ratio_deviations.append(diagnostics.ratio_deviation)
 
-                distribution = None
+                distribution: Distribution | None = None
                 state_pseudo_entropy = None
                 if probabilities or self.uses_kl_penalty:
                     distribution = self._current_distribution(rollout_data.observations, len(advantages))
-                if probabilities:
+                if probabilities and distribution is not None:
                     state_pseudo_entropy = action_pseudo_entropy(distribution)
                     pseudo_entropies.append(state_pseudo_entropy.detach().mean().item())
 
@@ -484,7 +484,7 @@ class VariantPPO(PPO):
 
                 loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * scaled_value_loss
 
-                if old_parameters is not None:
+                if old_parameters is not None and distribution is not None:
                     batch_indices = self.rollout_buffer.last_batch_indices  # type: ignore[attr-defined]
                     kl = exact_kl(old_parameters[th.as_tensor(batch_indices, device=self.device)], distribution).mean()
                     kl_divs.append(kl.item())
