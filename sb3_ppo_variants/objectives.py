@@ -140,9 +140,20 @@ def policy_loss(
     :param peaked_policy_loss: ``False``, ``True`` or the restoring slope ``α`` in ``[0, 1]``.
     :return: scalar loss.
     """
-    alpha = restoring_slope(peaked_policy_loss)
     ratio = _ratio(log_prob, old_log_prob)
     target = target_ratio(old_log_prob, advantages, clip_range, delta_target_policy)
+    return clipped_surrogate(ratio, target, advantages, restoring_slope(peaked_policy_loss))
+
+
+def clipped_surrogate(ratio: th.Tensor, target: th.Tensor, advantages: th.Tensor, alpha: float = 0.0) -> th.Tensor:
+    """``policy_loss`` from a ratio and a target ratio already computed: ``mean(f_α(A(r' − r)) − A r')``.
+
+    :param ratio: ``r = π/π_old``.
+    :param target: ``r'`` from ``target_ratio``.
+    :param advantages: advantages ``A``.
+    :param alpha: restoring slope ``α`` in ``[0, 1]``.
+    :return: scalar loss.
+    """
     distance = advantages * (target - ratio)
     surrogate = th.clamp(distance, min=0.0)
     if alpha > 0.0:
@@ -180,6 +191,18 @@ def spo_policy_loss(
     """
     ratio = _ratio(log_prob, old_log_prob)
     target = target_ratio(old_log_prob, advantages, clip_range, delta_target_policy)
+    return spo_surrogate(ratio, target, advantages, clip_range)
+
+
+def spo_surrogate(ratio: th.Tensor, target: th.Tensor, advantages: th.Tensor, clip_range: float) -> th.Tensor:
+    """``spo_policy_loss`` from a ratio and a target ratio already computed.
+
+    :param ratio: ``r = π/π_old``.
+    :param target: ``r'`` from ``target_ratio``.
+    :param advantages: advantages ``A``.
+    :param clip_range: ``ε > 0``.
+    :return: scalar loss.
+    """
     abs_adv = advantages.abs()
     return (abs_adv / (2.0 * clip_range) * (ratio - target) ** 2 - advantages - abs_adv * clip_range / 2.0).mean()
 
@@ -192,7 +215,17 @@ def unclipped_policy_loss(log_prob: th.Tensor, old_log_prob: th.Tensor, advantag
     :param advantages: advantages ``A``.
     :return: scalar loss.
     """
-    return -(advantages * _ratio(log_prob, old_log_prob)).mean()
+    return unclipped_surrogate(_ratio(log_prob, old_log_prob), advantages)
+
+
+def unclipped_surrogate(ratio: th.Tensor, advantages: th.Tensor) -> th.Tensor:
+    """``unclipped_policy_loss`` from a ratio already computed: ``−mean(r A)``.
+
+    :param ratio: ``r = π/π_old``.
+    :param advantages: advantages ``A``.
+    :return: scalar loss.
+    """
+    return -(advantages * ratio).mean()
 
 
 class TargetDiagnostics(NamedTuple):
@@ -223,11 +256,20 @@ def target_diagnostics(
     with th.no_grad():
         ratio = _ratio(log_prob, old_log_prob)
         target = target_ratio(old_log_prob, advantages, clip_range, delta_target_policy)
-        past_target = (advantages * (ratio - target)) > 0
-        return TargetDiagnostics(
-            clip_fraction=past_target.float().mean().item(),
-            ratio_deviation=(ratio - target).abs().mean().item(),
-        )
+        clip_fraction, ratio_deviation = target_statistics(ratio, target, advantages).tolist()
+    return TargetDiagnostics(clip_fraction=clip_fraction, ratio_deviation=ratio_deviation)
+
+
+def target_statistics(ratio: th.Tensor, target: th.Tensor, advantages: th.Tensor) -> th.Tensor:
+    """``[clip fraction, mean |r − r'|]`` as one detached tensor, for accumulation without a sync per minibatch.
+
+    :param ratio: ``r = π/π_old``.
+    :param target: ``r'`` from ``target_ratio``.
+    :param advantages: advantages ``A``.
+    :return: tensor of shape ``(2,)``.
+    """
+    deviation = (ratio - target).detach()
+    return th.stack(((advantages * deviation > 0).float().mean(), deviation.abs().mean()))
 
 
 def approx_kl(log_prob: th.Tensor, old_log_prob: th.Tensor) -> th.Tensor:

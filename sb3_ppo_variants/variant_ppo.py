@@ -337,15 +337,13 @@ class VariantPPO(PPO):
         return self.kl_coef > 0.0
 
     def _surrogate_loss(
-        self, log_prob: th.Tensor, old_log_prob: th.Tensor, advantages: th.Tensor, clip_range: float
+        self, ratio: th.Tensor, target: th.Tensor, advantages: th.Tensor, clip_range: float
     ) -> th.Tensor:
         if self.surrogate == "spo":
-            return objectives.spo_policy_loss(log_prob, old_log_prob, advantages, clip_range, self.delta_target_policy)
+            return objectives.spo_surrogate(ratio, target, advantages, clip_range)
         if self.surrogate == "unclipped":
-            return objectives.unclipped_policy_loss(log_prob, old_log_prob, advantages)
-        return objectives.policy_loss(
-            log_prob, old_log_prob, advantages, clip_range, self.delta_target_policy, self.peaked_policy_loss
-        )
+            return objectives.unclipped_surrogate(ratio, advantages)
+        return objectives.clipped_surrogate(ratio, target, advantages, self.restoring_slope)
 
     def _current_distribution(self, observations: Any, batch_size: int) -> Distribution:
         """The action distribution set by the last ``evaluate_actions`` call.
@@ -423,9 +421,13 @@ class VariantPPO(PPO):
         old_parameters = self._old_distribution_parameters() if self.uses_kl_penalty else None
         kl_coef = self.kl_coef
 
-        entropy_losses, pg_losses, value_losses, clip_fractions = [], [], [], []
-        ratio_deviations, pseudo_entropies, value_loss_scales, grad_norms = [], [], [], []
-        kl_divs: list[float] = []
+        entropy_losses, pg_losses, value_losses = [], [], []
+        # detached tensors, read once after the epochs instead of one sync per minibatch
+        target_statistics: list[th.Tensor] = []
+        pseudo_entropies: list[th.Tensor] = []
+        grad_norms: list[th.Tensor] = []
+        value_loss_scales: list[float] = []
+        kl_divs: list[th.Tensor] = []
 
         continue_training = True
         for epoch in range(self.n_epochs):
@@ -443,13 +445,13 @@ class VariantPPO(PPO):
                 if self.normalize_advantage and len(advantages) > 1:
                     advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
-                policy_loss = self._surrogate_loss(log_prob, rollout_data.old_log_prob, advantages, clip_range)
-                pg_losses.append(policy_loss.item())
-                diagnostics = objectives.target_diagnostics(
-                    log_prob, rollout_data.old_log_prob, advantages, clip_range, self.delta_target_policy
+                ratio = th.exp(log_prob - rollout_data.old_log_prob)
+                target = objectives.target_ratio(
+                    rollout_data.old_log_prob, advantages, clip_range, self.delta_target_policy
                 )
-                clip_fractions.append(diagnostics.clip_fraction)
-                ratio_deviations.append(diagnostics.ratio_deviation)
+                policy_loss = self._surrogate_loss(ratio, target, advantages, clip_range)
+                pg_losses.append(policy_loss.item())
+                target_statistics.append(objectives.target_statistics(ratio, target, advantages))
 
                 distribution: Distribution | None = None
                 state_pseudo_entropy = None
@@ -457,7 +459,7 @@ class VariantPPO(PPO):
                     distribution = self._current_distribution(rollout_data.observations, len(advantages))
                 if probabilities and distribution is not None:
                     state_pseudo_entropy = action_pseudo_entropy(distribution)
-                    pseudo_entropies.append(state_pseudo_entropy.detach().mean().item())
+                    pseudo_entropies.append(state_pseudo_entropy.detach().mean())
 
                 if self.clip_range_vf is None:
                     values_pred = values
@@ -487,7 +489,7 @@ class VariantPPO(PPO):
                 if old_parameters is not None and distribution is not None:
                     batch_indices = self.rollout_buffer.last_batch_indices  # type: ignore[attr-defined]
                     kl = exact_kl(old_parameters[th.as_tensor(batch_indices, device=self.device)], distribution).mean()
-                    kl_divs.append(kl.item())
+                    kl_divs.append(kl.detach())
                     loss = loss + kl_coef * kl
 
                 with th.no_grad():
@@ -503,7 +505,7 @@ class VariantPPO(PPO):
                 self.policy.optimizer.zero_grad()
                 loss.backward()
                 grad_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
-                grad_norms.append(grad_norm.item())
+                grad_norms.append(grad_norm)
                 self.policy.optimizer.step()
 
             self._n_updates += 1
@@ -514,7 +516,7 @@ class VariantPPO(PPO):
             # Once per rollout, from the last epoch's mean KL: per-minibatch adaptation is unstable.
             self.kl_coef = objectives.adapt_kl_coef(
                 self.kl_coef,
-                float(np.mean(kl_divs)),
+                th.stack(kl_divs).mean().item(),
                 self.kl_penalty_target,
                 self.kl_adapt_factor,
                 self.kl_adapt_tolerance,
@@ -526,21 +528,23 @@ class VariantPPO(PPO):
         self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
         self.logger.record("train/value_loss", np.mean(value_losses))
         self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
-        self.logger.record("train/clip_fraction", np.mean(clip_fractions))
-        self.logger.record("train/ratio_deviation", np.mean(ratio_deviations))
+        clip_fraction, ratio_deviation = th.stack(target_statistics).mean(dim=0).tolist()
+        self.logger.record("train/clip_fraction", clip_fraction)
+        self.logger.record("train/ratio_deviation", ratio_deviation)
         self.logger.record("train/loss", loss.item())
         self.logger.record("train/explained_variance", explained_var)
         if grad_norms:
-            self.logger.record("train/grad_norm", np.mean(grad_norms))
+            self.logger.record("train/grad_norm", th.stack(grad_norms).mean().item())
         if pseudo_entropies:
-            self.logger.record("train/pseudo_entropy", np.mean(pseudo_entropies))
+            self.logger.record("train/pseudo_entropy", th.stack(pseudo_entropies).mean().item())
         self.logger.record("train/value_loss_scale", np.mean(value_loss_scales))
         if self.restoring_slope > 0.0:
-            self.logger.record("train/restoring_fraction", np.mean(clip_fractions))
+            # the samples past the target are exactly those the restoring force acts on
+            self.logger.record("train/restoring_fraction", clip_fraction)
         if self.uses_kl_penalty:
             self.logger.record("train/kl_coef", kl_coef)
             if kl_divs:
-                self.logger.record("train/kl", np.mean(kl_divs))
+                self.logger.record("train/kl", th.stack(kl_divs).mean().item())
         if hasattr(self.policy, "log_std"):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
 
