@@ -29,9 +29,16 @@ from stable_baselines3.common.distributions import (
     Distribution,
     MultiCategoricalDistribution,
 )
-from torch.distributions import Bernoulli, Categorical, Normal, kl_divergence
+from torch.distributions import Bernoulli, Categorical, Normal
 
-from sb3_ppo_variants.objectives import bernoulli_pseudo_entropy, joint_pseudo_entropy, pseudo_entropy
+from sb3_ppo_variants.objectives import (
+    bernoulli_kl,
+    bernoulli_pseudo_entropy,
+    categorical_kl,
+    joint_pseudo_entropy,
+    normal_kl,
+    pseudo_entropy,
+)
 
 PROBABILITY_SPACES = (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 
@@ -98,13 +105,13 @@ def exact_kl(old_parameters: th.Tensor, distribution: Distribution) -> th.Tensor
     if isinstance(current, list):
         splits = th.split(old_parameters, [component.logits.shape[-1] for component in current], dim=-1)
         return th.stack(
-            [kl_divergence(Categorical(logits=old), new) for old, new in zip(splits, current, strict=True)], dim=-1
+            [categorical_kl(old, new.logits) for old, new in zip(splits, current, strict=True)], dim=-1
         ).sum(dim=-1)
     if isinstance(current, Categorical):
-        return kl_divergence(Categorical(logits=old_parameters), current)
+        return categorical_kl(old_parameters, current.logits)
     if isinstance(current, Bernoulli):
-        return kl_divergence(Bernoulli(logits=old_parameters), current).sum(dim=-1)
+        return bernoulli_kl(old_parameters, current.logits).sum(dim=-1)
     if isinstance(current, Normal):
-        mean, std = th.chunk(old_parameters, 2, dim=-1)
-        return kl_divergence(Normal(mean, std), current).sum(dim=-1)
+        old_mean, old_std = th.chunk(old_parameters, 2, dim=-1)
+        return normal_kl(old_mean, old_std, current.mean, current.stddev).sum(dim=-1)
     raise TypeError(f"no exact KL for {type(current).__name__}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch as th
+from torch.nn import functional as F
 
 DELTA_TARGET_POLICIES = ("absolute", "logit")
 SURROGATES = ("clipped", "spo", "unclipped")
@@ -284,6 +285,43 @@ def approx_kl(log_prob: th.Tensor, old_log_prob: th.Tensor) -> th.Tensor:
     """
     log_ratio = log_prob - old_log_prob
     return th.mean((th.exp(log_ratio) - 1) - log_ratio)
+
+
+def categorical_kl(old_logits: th.Tensor, new_logits: th.Tensor) -> th.Tensor:
+    """``KL(p ‖ q) = Σ_a p(a)(log p(a) − log q(a))`` between categoricals given by logits (last dimension).
+
+    :param old_logits: logits of ``p`` (need not be normalised).
+    :param new_logits: logits of ``q`` (need not be normalised).
+    :return: KL with the last dimension reduced.
+    """
+    old_log_probs = th.log_softmax(old_logits, dim=-1)
+    return (old_log_probs.exp() * (old_log_probs - th.log_softmax(new_logits, dim=-1))).sum(dim=-1)
+
+
+def bernoulli_kl(old_logits: th.Tensor, new_logits: th.Tensor) -> th.Tensor:
+    """Element-wise ``KL(Bern(p) ‖ Bern(q)) = p log(p/q) + (1 − p) log((1 − p)/(1 − q))`` from logits.
+
+    :param old_logits: logits of ``p``.
+    :param new_logits: logits of ``q``.
+    :return: KL, same shape as the inputs.
+    """
+    p = th.sigmoid(old_logits)
+    log_p, log_not_p = F.logsigmoid(old_logits), F.logsigmoid(-old_logits)
+    log_q, log_not_q = F.logsigmoid(new_logits), F.logsigmoid(-new_logits)
+    return p * (log_p - log_q) + (1.0 - p) * (log_not_p - log_not_q)
+
+
+def normal_kl(old_mean: th.Tensor, old_std: th.Tensor, new_mean: th.Tensor, new_std: th.Tensor) -> th.Tensor:
+    """Element-wise ``KL(N(μ₀, σ₀²) ‖ N(μ₁, σ₁²)) = log(σ₁/σ₀) + (σ₀² + (μ₀ − μ₁)²)/(2σ₁²) − 1/2``.
+
+    :param old_mean: ``μ₀``.
+    :param old_std: ``σ₀``.
+    :param new_mean: ``μ₁``.
+    :param new_std: ``σ₁``.
+    :return: KL, same shape as the inputs.
+    """
+    variance_ratio = (old_std / new_std) ** 2
+    return 0.5 * (variance_ratio + ((old_mean - new_mean) / new_std) ** 2 - 1.0 - th.log(variance_ratio))
 
 
 def adapt_kl_coef(

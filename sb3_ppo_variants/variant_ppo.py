@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import weakref
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -37,13 +38,42 @@ from sb3_ppo_variants.distributions import (
 SelfVariantPPO = TypeVar("SelfVariantPPO", bound="VariantPPO")
 
 VALUE_GRAD_RESCALINGS = (None, "per_state", "per_batch", "smoothed")
+KL_COEF_FLOOR = 1e-20
+"""Smallest adapted ``β``: far below any useful penalty, far above float underflow."""
 
 
 class _BatchIndexRecorder:
-    """Remembers the flat indices of the last minibatch, so per-sample data kept outside
-    the buffer (the old distribution's parameters) can be looked up."""
+    """Rollout-buffer mixin for the exact KL penalty.
+
+    It keeps the rollout policy's distribution parameters beside each stored step (handed
+    over by a forward hook on the policy, so collecting them costs no extra forward pass)
+    and remembers the flat indices of the last minibatch, so those parameters can be
+    looked up for the samples of each minibatch.
+    """
 
     last_batch_indices: np.ndarray | None = None
+    pending_distribution_parameters: th.Tensor | None = None
+    _step_distribution_parameters: list[th.Tensor | None]
+
+    def reset(self) -> None:
+        super().reset()  # type: ignore[misc]
+        self._step_distribution_parameters = []
+        self.pending_distribution_parameters = None
+
+    def add(self, *args: Any, **kwargs: Any) -> None:
+        self._step_distribution_parameters.append(self.pending_distribution_parameters)
+        self.pending_distribution_parameters = None
+        super().add(*args, **kwargs)  # type: ignore[misc]
+
+    def old_distribution_parameters(self) -> th.Tensor | None:
+        """Parameters recorded during the rollout, in the buffer's flat (env-major) order, or ``None``."""
+        recorded = self._step_distribution_parameters
+        n_steps = self.buffer_size  # type: ignore[attr-defined]
+        if len(recorded) != n_steps or any(step is None for step in recorded):
+            return None
+        stacked = th.stack(recorded)  # type: ignore[arg-type]  # (n_steps, n_envs, n_parameters)
+        # the same order as SB3's swap_and_flatten: index = env * n_steps + step
+        return stacked.transpose(0, 1).reshape(-1, stacked.shape[-1])
 
     def _get_samples(self, batch_inds: np.ndarray, env: Any = None) -> Any:
         self.last_batch_indices = batch_inds
@@ -51,11 +81,26 @@ class _BatchIndexRecorder:
 
 
 class IndexedRolloutBuffer(_BatchIndexRecorder, RolloutBuffer):
-    """SB3's ``RolloutBuffer`` that records the indices of each minibatch it yields."""
+    """SB3's ``RolloutBuffer``, keeping the rollout policy's distribution parameters and minibatch indices."""
 
 
 class IndexedDictRolloutBuffer(_BatchIndexRecorder, DictRolloutBuffer):
-    """SB3's ``DictRolloutBuffer`` that records the indices of each minibatch it yields."""
+    """SB3's ``DictRolloutBuffer``, keeping the rollout policy's distribution parameters and minibatch indices."""
+
+
+class _RecordRolloutDistribution:
+    """Forward hook on the policy: ``policy(obs)`` is how SB3 samples actions while collecting a
+    rollout, and it leaves the distribution in ``policy.action_dist``. Holds the buffer weakly so
+    that copying or pickling the policy does not drag the algorithm along."""
+
+    def __init__(self, buffer: _BatchIndexRecorder) -> None:
+        self.buffer = weakref.ref(buffer)
+
+    def __call__(self, policy: th.nn.Module, inputs: Any, outputs: Any) -> None:
+        buffer = self.buffer()
+        distribution = getattr(policy, "action_dist", None)
+        if buffer is not None and isinstance(distribution, Distribution):
+            buffer.pending_distribution_parameters = distribution_parameters(distribution)
 
 
 def _allowed(values: tuple[Any, ...]) -> str:
@@ -325,6 +370,8 @@ class VariantPPO(PPO):
                 IndexedDictRolloutBuffer if isinstance(self.observation_space, spaces.Dict) else IndexedRolloutBuffer
             )
         super()._setup_model()
+        if self.uses_kl_penalty and isinstance(self.rollout_buffer, _BatchIndexRecorder):
+            self.policy.register_forward_hook(_RecordRolloutDistribution(self.rollout_buffer))
 
     @property
     def restoring_slope(self) -> float:
@@ -381,8 +428,9 @@ class VariantPPO(PPO):
     def _old_distribution_parameters(self) -> th.Tensor:
         """Parameters of the rollout policy's action distribution for every sample of the buffer.
 
-        The policy has not changed since the rollout was collected, so one forward pass
-        without gradient gives ``π_old`` exactly; the rows follow the buffer's flat order.
+        Normally recorded while the rollout was collected. When they were not (a buffer filled
+        by other code), the policy has not changed since the rollout was collected, so one forward
+        pass without gradient gives ``π_old`` exactly. The rows follow the buffer's flat order.
         """
         buffer = self.rollout_buffer
         if not isinstance(buffer, _BatchIndexRecorder):
@@ -390,6 +438,12 @@ class VariantPPO(PPO):
                 "the exact KL penalty needs a rollout buffer that records minibatch indices "
                 "(IndexedRolloutBuffer or IndexedDictRolloutBuffer)"
             )
+        recorded = buffer.old_distribution_parameters()
+        if recorded is not None:
+            return recorded.to(self.device)
+        return self._evaluate_old_distribution_parameters(buffer)
+
+    def _evaluate_old_distribution_parameters(self, buffer: Any) -> th.Tensor:
         full = next(iter(buffer.get(batch_size=None)))
         order = th.as_tensor(buffer.last_batch_indices, device=self.device)
         n_samples = len(order)
@@ -514,13 +568,15 @@ class VariantPPO(PPO):
 
         if self.uses_kl_penalty and kl_divs:
             # Once per rollout, from the last epoch's mean KL: per-minibatch adaptation is unstable.
-            self.kl_coef = objectives.adapt_kl_coef(
+            adapted = objectives.adapt_kl_coef(
                 self.kl_coef,
                 th.stack(kl_divs).mean().item(),
                 self.kl_penalty_target,
                 self.kl_adapt_factor,
                 self.kl_adapt_tolerance,
             )
+            # a β halved down to float underflow would read as "penalty off" and could never double again
+            self.kl_coef = max(adapted, KL_COEF_FLOOR)
 
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
 

@@ -356,3 +356,17 @@ def test_exact_kl_multicategorical_matches_joint_enumeration():
         for b in (0.0, 1.0)
     )
     assert exact_kl(old, bern).item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_closed_form_kls_match_torch_distributions():
+    from torch.distributions import kl_divergence
+
+    from sb3_ppo_variants.objectives import bernoulli_kl, categorical_kl, normal_kl
+
+    gen = th.Generator().manual_seed(1)
+    a, b = th.randn(5, 4, generator=gen, dtype=th.float64), th.randn(5, 4, generator=gen, dtype=th.float64)
+    th.testing.assert_close(categorical_kl(a, b), kl_divergence(Categorical(logits=a), Categorical(logits=b)))
+    th.testing.assert_close(bernoulli_kl(a, b), kl_divergence(Bernoulli(logits=a), Bernoulli(logits=b)))
+    s0, s1 = a.exp(), b.exp()
+    th.testing.assert_close(normal_kl(b, s0, a, s1), kl_divergence(Normal(b, s0), Normal(a, s1)))
+    assert categorical_kl(a, a).abs().max().item() < 1e-12

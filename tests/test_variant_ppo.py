@@ -19,6 +19,7 @@ from stable_baselines3.common.envs import (
 from stable_baselines3.common.logger import configure
 
 from sb3_ppo_variants import SPOPPO, KLPenaltyPPO, LogitPPO, PeakedPPO, RescaledPPO, VariantPPO
+from sb3_ppo_variants.variant_ppo import KL_COEF_FLOOR
 
 th.set_num_threads(1)
 
@@ -228,9 +229,19 @@ def test_one_forward_pass_per_minibatch(options):
     assert calls["n"] == SMALL["n_epochs"] * minibatches
 
 
-def test_kl_penalty_adds_one_pass_over_the_rollout():
+def test_kl_penalty_records_the_old_distribution_during_the_rollout():
     model = KLPenaltyPPO("MlpPolicy", "CartPole-v1", **SMALL)
     model.learn(64)
+    calls = _count_feature_passes(model)
+    model.train()
+    minibatches = SMALL["n_steps"] // SMALL["batch_size"]
+    assert calls["n"] == SMALL["n_epochs"] * minibatches  # no extra pass for π_old
+
+
+def test_kl_penalty_falls_back_to_one_pass_when_nothing_was_recorded():
+    model = KLPenaltyPPO("MlpPolicy", "CartPole-v1", **SMALL)
+    model.learn(64)
+    model.rollout_buffer._step_distribution_parameters[3] = None
     calls = _count_feature_passes(model)
     model.train()
     minibatches = SMALL["n_steps"] // SMALL["batch_size"]
@@ -247,15 +258,33 @@ def test_kl_coef_adapts_once_per_rollout_from_the_last_epoch():
     assert model.logger.name_to_value["train/kl_coef"] == pytest.approx(2.0)  # β used by the last update
 
 
-def test_exact_kl_is_zero_at_the_first_minibatch_and_matches_the_old_policy():
-    model = KLPenaltyPPO("MlpPolicy", "CartPole-v1", **SMALL)
-    model.learn(64)
-    old = model._old_distribution_parameters()
-    buffer = model.rollout_buffer
-    observations = th.as_tensor(buffer.observations.reshape(-1, 4))
+@pytest.mark.parametrize("n_envs", [1, 3])
+def test_recorded_old_distribution_matches_the_rollout_policy(n_envs):
+    from stable_baselines3.common.env_util import make_vec_env
+
+    model = KLPenaltyPPO(
+        "MlpPolicy", make_vec_env("CartPole-v1", n_envs=n_envs, seed=0), n_steps=16, batch_size=16, seed=0
+    )
+    model.learn(16 * n_envs)
+    # learn() ended with train(); collect a fresh rollout with the current policy and compare
+    model.collect_rollouts(model.env, model._init_callback(None), model.rollout_buffer, n_rollout_steps=16)
+    recorded = model.rollout_buffer.old_distribution_parameters()
+    evaluated = model._evaluate_old_distribution_parameters(model.rollout_buffer)
+    assert recorded.shape == (16 * n_envs, 2)
+    th.testing.assert_close(recorded, evaluated)
+    # and the flat order is SB3's: the minibatch observations map to these rows
+    sample = next(model.rollout_buffer.get(8))
     with th.no_grad():
-        logits = model.policy.get_distribution(observations).distribution.logits
-    th.testing.assert_close(old, logits)
+        logits = model.policy.get_distribution(sample.observations).distribution.logits
+    rows = recorded[th.as_tensor(model.rollout_buffer.last_batch_indices)]
+    th.testing.assert_close(th.log_softmax(rows, -1), logits)
+
+
+def test_kl_coef_never_underflows_to_zero():
+    model = KLPenaltyPPO("MlpPolicy", "CartPole-v1", **SMALL, kl_penalty_target=10.0, kl_coef=3e-20)
+    model.learn(192)
+    assert model.kl_coef == KL_COEF_FLOOR
+    assert model.uses_kl_penalty
 
 
 def test_smoothed_average_carries_across_minibatches():
