@@ -3,6 +3,7 @@
 ``VariantPPO`` holds every option; the presets only change its defaults.
 """
 
+from sb3_ppo_variants.callbacks import CollapseMonitor
 from sb3_ppo_variants.variant_ppo import (
     SPOPPO,
     KLPenaltyPPO,
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SPOPPO",
+    "CollapseMonitor",
     "KLPenaltyPPO",
     "LogitPPO",
     "PeakedPPO",
