@@ -261,7 +261,7 @@ class VariantPPO(PPO):
         self.kl_adapt_factor = kl_adapt_factor
         self.kl_adapt_tolerance = kl_adapt_tolerance
         self.validate_options(
-            action_space=self.action_space,
+            action_space=getattr(self, "action_space", None),  # unset when load() builds the model without env
             clip_range=clip_range,
             value_grad_rescaling=value_grad_rescaling,
             pseudo_entropy_smoothing=pseudo_entropy_smoothing,

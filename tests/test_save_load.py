@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch as th
 
@@ -88,3 +89,18 @@ def test_training_continues_where_it_stopped(tmp_path):
     assert loaded._n_updates == model._n_updates + 2 * SMALL["n_epochs"]
     assert any(not th.equal(a, b) for a, b in zip(before, loaded.policy.parameters(), strict=True))
     assert loaded.logger.name_to_value["train/clip_range"] == 0.2
+
+
+@pytest.mark.parametrize("cls", [VariantPPO, LogitPPO, PeakedPPO, RescaledPPO, SPOPPO, KLPenaltyPPO])
+def test_load_without_env_for_replay(tmp_path, cls):
+    """rl-zoo3's enjoy and record_video load models without an environment."""
+    model = cls("MlpPolicy", "CartPole-v1", **SMALL).learn(64)
+    model.save(tmp_path / "model")
+    loaded = cls.load(tmp_path / "model")
+    assert loaded.get_env() is None
+    observation = model.get_env().reset()
+    np.testing.assert_array_equal(
+        loaded.predict(observation, deterministic=True)[0], model.predict(observation, deterministic=True)[0]
+    )
+    for name in OPTIONS:
+        assert getattr(loaded, name) == getattr(model, name), name
