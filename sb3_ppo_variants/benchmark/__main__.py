@@ -1,0 +1,106 @@
+"""Command line of the benchmarks: ``python -m sb3_ppo_variants.benchmark <subcommand> ...``.
+
+- ``cost``: ``train()`` time on one shared rollout and end-to-end FPS, as ratios against SB3's PPO;
+- ``learn``: every algorithm on every task for several seeds, with periodic greedy evaluation;
+- ``collapse``: the same runs across learning-rate scales (the step-size sweep);
+- ``report``: tables (CSV, Markdown) and PNG plots from the runs on disk.
+
+Runs already on disk are skipped, so ``learn`` and ``collapse`` resume after an interruption.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch as th
+
+from sb3_ppo_variants.benchmark.algorithms import COST_ALGORITHMS, LEARNING_ALGORITHMS, parse_algorithms
+from sb3_ppo_variants.benchmark.tasks import TASKS
+
+DEFAULT_RUNS = Path("benchmark_runs")
+
+
+def _parse_tasks(names: list[str] | None, default: list[str]) -> list[str]:
+    chosen = names or default
+    unknown = [name for name in chosen if name not in TASKS]
+    if unknown:
+        raise SystemExit(f"unknown task(s) {unknown}; choose from {sorted(TASKS)}")
+    return chosen
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser, default_tasks: list[str]) -> None:
+    parser.add_argument("--runs", type=Path, default=DEFAULT_RUNS, help="directory of the per-run JSON files")
+    parser.add_argument("--tasks", nargs="+", default=None, help=f"default: {' '.join(default_tasks)}")
+    parser.add_argument("--algorithms", nargs="+", default=None, help=f"default: {' '.join(LEARNING_ALGORITHMS)}")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--timesteps", type=int, default=None, help="override every task's budget (tests, smoke runs)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these MLPs)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sb3_ppo_variants.benchmark", description=__doc__.split("\n")[0])
+    subcommands = parser.add_subparsers(dest="command", required=True)
+
+    learn = subcommands.add_parser("learn", help="learning curves of every algorithm on every task")
+    _add_run_arguments(learn, list(TASKS))
+    learn.add_argument("--lr-scales", nargs="+", type=float, default=[1.0], help="learning-rate multipliers")
+
+    collapse = subcommands.add_parser("collapse", help="step-size sweep: the learning runs at larger learning rates")
+    _add_run_arguments(collapse, ["CartPole-v1"])
+    collapse.add_argument("--lr-scales", nargs="+", type=float, default=[1.0, 3.0, 10.0])
+
+    cost = subcommands.add_parser("cost", help="train() time and FPS as ratios against SB3's PPO")
+    cost.add_argument("--output", type=Path, required=True, help="directory for cost.csv and cost_raw.csv")
+    cost.add_argument("--plots", type=Path, default=None, help="directory for cost.png (default: --output)")
+    cost.add_argument("--setting", choices=["mlp", "cnn"], nargs="+", default=["mlp", "cnn"])
+    cost.add_argument("--algorithms", nargs="+", default=None, help=f"default: {' '.join(COST_ALGORITHMS)}")
+    cost.add_argument("--repeats", type=int, nargs="+", default=[9, 3], help="train() pairs per algorithm, per setting")
+    cost.add_argument("--fps-repeats", type=int, nargs="+", default=[3, 2], help="learn() pairs, per setting")
+    cost.add_argument("--fps-timesteps", type=int, default=None, help="steps per learn() timing (default per setting)")
+    cost.add_argument("--threads", type=int, nargs="+", default=None, help="torch threads per setting (default 1 2)")
+
+    report = subcommands.add_parser("report", help="tables and plots from the runs on disk")
+    report.add_argument("--runs", type=Path, default=DEFAULT_RUNS)
+    report.add_argument("--output", type=Path, required=True, help="directory for the CSV/Markdown tables")
+    report.add_argument("--plots", type=Path, default=None, help="directory for the PNGs (default: --output)")
+    report.add_argument("--bootstrap-reps", type=int, default=2000)
+
+    args = parser.parse_args(argv)
+
+    if args.command in ("learn", "collapse"):
+        from sb3_ppo_variants.benchmark.runs import run_grid
+
+        th.set_num_threads(args.threads)
+        default_tasks = list(TASKS) if args.command == "learn" else ["CartPole-v1"]
+        run_grid(
+            args.runs,
+            _parse_tasks(args.tasks, default_tasks),
+            parse_algorithms(args.algorithms, LEARNING_ALGORITHMS),
+            args.seeds,
+            args.lr_scales,
+            args.timesteps,
+        )
+    elif args.command == "cost":
+        from sb3_ppo_variants.benchmark.cost import run_cost_benchmark
+
+        run_cost_benchmark(
+            args.output,
+            settings=args.setting,
+            algorithms=parse_algorithms(args.algorithms, COST_ALGORITHMS),
+            repeats=args.repeats,
+            fps_repeats=args.fps_repeats,
+            fps_timesteps=args.fps_timesteps,
+            threads=args.threads,
+            plots_directory=args.plots,
+        )
+    elif args.command == "report":
+        from sb3_ppo_variants.benchmark.report import write_report
+
+        write_report(args.runs, args.output, args.plots or args.output, bootstrap_reps=args.bootstrap_reps)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""One training run with periodic evaluation, saved as a small JSON file.
+
+A run is identified by task, algorithm, learning-rate scale and seed; a finished run's file
+is never recomputed, so an interrupted sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch as th
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
+
+from sb3_ppo_variants.benchmark.algorithms import ALGORITHMS
+from sb3_ppo_variants.benchmark.tasks import TASKS, Task
+
+N_EVAL_EPISODES = 5
+EVAL_SEED_OFFSET = 10_000
+
+
+def register_minatar() -> None:
+    """Register the ``MinAtar/*`` gymnasium ids (minatar does not do it on import)."""
+    if "MinAtar/Breakout-v1" in gym.registry:
+        return
+    try:
+        from minatar.gym import register_envs
+    except ImportError:  # the bench extra is not installed; MinAtar tasks will fail to build
+        return
+    register_envs()
+
+
+def run_path(directory: Path, task: str, algorithm: str, learning_rate_scale: float, seed: int) -> Path:
+    return directory / task.replace("/", "_") / f"{algorithm}_lr{learning_rate_scale:g}_seed{seed}.json"
+
+
+def make_training_env(task: Task, seed: int) -> VecEnv:
+    register_minatar()
+    env = make_vec_env(task.env_id, n_envs=task.n_envs, seed=seed, env_kwargs=task.env_kwargs)
+    if task.normalize:
+        env = VecNormalize(env, gamma=task.hyperparameters["gamma"])
+    return env
+
+
+def evaluate(model: BaseAlgorithm, task: Task, seed: int) -> list[float]:
+    """Returns of ``N_EVAL_EPISODES`` greedy episodes, played in parallel, one per environment.
+
+    Observations go through the training ``VecNormalize`` statistics when there are any;
+    returns are the environment's raw rewards.
+    """
+    register_minatar()
+    env = DummyVecEnv([lambda: gym.make(task.env_id, **task.env_kwargs) for _ in range(N_EVAL_EPISODES)])
+    env.seed(EVAL_SEED_OFFSET + seed)
+    normalizer = model.get_vec_normalize_env()
+    observations = env.reset()
+    returns = np.zeros(N_EVAL_EPISODES)
+    finished = np.zeros(N_EVAL_EPISODES, dtype=bool)
+    while not finished.all():
+        inputs = normalizer.normalize_obs(observations) if normalizer is not None else observations
+        actions, _ = model.predict(inputs, deterministic=True)
+        observations, rewards, dones, _ = env.step(actions)
+        returns += np.where(finished, 0.0, rewards)
+        finished |= dones
+    env.close()
+    return returns.tolist()
+
+
+class PeriodicEvaluation(BaseCallback):
+    """Evaluates every ``eval_every`` environment steps and keeps the training wall-clock apart from it."""
+
+    def __init__(self, task: Task, seed: int):
+        super().__init__()
+        self.task = task
+        self.seed = seed
+        self.next_eval = 0
+        self.records: list[dict[str, Any]] = []
+        self.eval_seconds = 0.0
+        self.start = 0.0
+
+    def _evaluate(self) -> None:
+        start = time.perf_counter()
+        returns = evaluate(self.model, self.task, self.seed)
+        training_episodes = [info["r"] for info in self.model.ep_info_buffer]
+        self.records.append(
+            {
+                "step": int(self.num_timesteps),
+                "train_seconds": round(start - self.start - self.eval_seconds, 3),
+                "eval_return": float(np.mean(returns)),
+                "eval_returns": [round(value, 2) for value in returns],
+                "train_return": float(np.mean(training_episodes)) if training_episodes else None,
+            }
+        )
+        self.eval_seconds += time.perf_counter() - start
+        self.next_eval += self.task.eval_every
+
+    def _on_training_start(self) -> None:
+        self.start = time.perf_counter()
+        self._evaluate()
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self.next_eval:
+            self._evaluate()
+        return True
+
+    def _on_training_end(self) -> None:
+        if self.records[-1]["step"] != self.num_timesteps:
+            self._evaluate()
+
+
+def train_and_evaluate(
+    task_name: str, algorithm_name: str, seed: int, learning_rate_scale: float = 1.0, timesteps: int | None = None
+) -> dict[str, Any]:
+    """Train one algorithm on one task from one seed, evaluating periodically."""
+    task = TASKS[task_name]
+    algorithm = ALGORITHMS[algorithm_name]
+    env = make_training_env(task, seed)
+    model = algorithm.build(
+        task.policy, env, seed=seed, device="cpu", **task.algorithm_hyperparameters(learning_rate_scale)
+    )
+    evaluation = PeriodicEvaluation(task, seed)
+    total = timesteps or task.timesteps
+    start = time.perf_counter()
+    model.learn(total_timesteps=total, callback=evaluation)
+    wall_seconds = time.perf_counter() - start
+    env.close()
+    return {
+        "task": task_name,
+        "algorithm": algorithm_name,
+        "seed": seed,
+        "learning_rate_scale": learning_rate_scale,
+        "learning_rate": task.hyperparameters["learning_rate"] * learning_rate_scale,
+        "timesteps": int(model.num_timesteps),
+        "wall_seconds": round(wall_seconds, 3),
+        "train_seconds": round(wall_seconds - evaluation.eval_seconds, 3),
+        "torch_threads": th.get_num_threads(),
+        "evaluations": evaluation.records,
+    }
+
+
+def run_grid(
+    directory: Path,
+    tasks: list[str],
+    algorithms: list[str],
+    seeds: list[int],
+    learning_rate_scales: list[float],
+    timesteps: int | None = None,
+) -> None:
+    """Run every combination not already on disk, seeds outermost so partial results stay balanced."""
+    for seed in seeds:
+        for task in tasks:
+            for scale in learning_rate_scales:
+                for algorithm in algorithms:
+                    path = run_path(directory, task, algorithm, scale, seed)
+                    if path.exists():
+                        continue
+                    result = train_and_evaluate(task, algorithm, seed, scale, timesteps)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    temporary = path.with_suffix(".tmp")
+                    temporary.write_text(json.dumps(result))
+                    temporary.replace(path)
+                    final = result["evaluations"][-1]["eval_return"]
+                    print(
+                        f"{task} {algorithm} lr×{scale:g} seed {seed}: return {final:.1f}, "
+                        f"{result['train_seconds']:.1f} s training, {result['wall_seconds']:.1f} s total",
+                        flush=True,
+                    )

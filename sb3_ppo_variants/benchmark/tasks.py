@@ -1,0 +1,138 @@
+"""The benchmark tasks: environment, shared hyperparameters, budget and reference scores.
+
+Hyperparameters are rl-zoo3's ``ppo.yml`` entries for each environment (its ``atari`` entry,
+with an MLP, for MinAtar), so every algorithm trains with the same, independently tuned values,
+with one change: the clip range is constant. The zoo's ``lin_`` clip range reaches 0 at the end
+of training, which the logit-space target (``0 < ε < 1``) and SPO (``ε > 0``) reject.
+Budgets are far below the zoo's ``n_timesteps``: they are what a 2-core CPU can afford
+for 7 algorithms × 5 seeds, and the results say so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from stable_baselines3.common.utils import LinearSchedule
+
+
+def linear(initial_value: float) -> LinearSchedule:
+    """rl-zoo3's ``lin_<value>``: decays linearly from ``initial_value`` to 0 over training."""
+    return LinearSchedule(initial_value, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One benchmark environment.
+
+    :param env_id: gymnasium id
+    :param hyperparameters: constructor arguments shared by every algorithm; ``learning_rate`` is a float
+        (its schedule is set by ``linear_learning_rate``) so a step-size sweep can scale it
+    :param linear_learning_rate: whether the learning rate decays linearly to 0 (the zoo's ``lin_``)
+    :param timesteps: environment steps per run
+    :param eval_every: environment steps between evaluations
+    :param random_score: mean return of the uniform random policy over 100 episodes (reset seeds 0–99)
+    :param max_score: best achievable (or a good reference) return, for normalised scores
+    :param threshold: return that counts as solved for the time-to-threshold table
+    :param n_envs: parallel training environments
+    :param normalize: wrap the training environments in ``VecNormalize`` (the zoo's ``normalize: true``)
+    :param policy: SB3 policy name
+    """
+
+    env_id: str
+    hyperparameters: dict[str, Any]
+    linear_learning_rate: bool
+    timesteps: int
+    eval_every: int
+    random_score: float
+    max_score: float
+    threshold: float
+    n_envs: int
+    normalize: bool = False
+    policy: str = "MlpPolicy"
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def algorithm_hyperparameters(self, learning_rate_scale: float = 1.0) -> dict[str, Any]:
+        """Constructor arguments with the learning rate multiplied by ``learning_rate_scale``."""
+        hyperparameters = dict(self.hyperparameters)
+        learning_rate = hyperparameters["learning_rate"] * learning_rate_scale
+        hyperparameters["learning_rate"] = linear(learning_rate) if self.linear_learning_rate else learning_rate
+        return hyperparameters
+
+
+TASKS: dict[str, Task] = {
+    "CartPole-v1": Task(
+        env_id="CartPole-v1",
+        n_envs=8,
+        hyperparameters=dict(
+            n_steps=32,
+            batch_size=256,
+            gae_lambda=0.8,
+            gamma=0.98,
+            n_epochs=20,
+            ent_coef=0.0,
+            learning_rate=1e-3,
+            clip_range=0.2,
+        ),
+        # constant, not the zoo's lin_1e-3: a schedule that decays to 0 hides the step-size effect the sweep measures
+        linear_learning_rate=False,
+        timesteps=40_000,
+        eval_every=2_500,
+        random_score=23.7,
+        max_score=500.0,
+        threshold=475.0,
+    ),
+    "Acrobot-v1": Task(
+        env_id="Acrobot-v1",
+        n_envs=16,
+        normalize=True,
+        hyperparameters=dict(
+            n_steps=256, gae_lambda=0.94, gamma=0.99, n_epochs=4, ent_coef=0.0, learning_rate=3e-4, clip_range=0.2
+        ),
+        linear_learning_rate=False,
+        timesteps=49_152,
+        eval_every=4_096,
+        random_score=-497.1,
+        max_score=-60.0,
+        threshold=-100.0,
+    ),
+    "LunarLander-v3": Task(
+        env_id="LunarLander-v3",
+        n_envs=16,
+        hyperparameters=dict(
+            n_steps=1024,
+            batch_size=64,
+            gae_lambda=0.98,
+            gamma=0.999,
+            n_epochs=4,
+            ent_coef=0.01,
+            learning_rate=3e-4,
+            clip_range=0.2,
+        ),
+        linear_learning_rate=False,
+        timesteps=65_536,
+        eval_every=16_384,
+        random_score=-192.0,
+        max_score=250.0,
+        threshold=0.0,
+    ),
+    "MinAtar/Breakout-v1": Task(
+        env_id="MinAtar/Breakout-v1",
+        n_envs=8,
+        hyperparameters=dict(
+            n_steps=128,
+            n_epochs=4,
+            batch_size=256,
+            learning_rate=2.5e-4,
+            clip_range=0.1,
+            vf_coef=0.5,
+            ent_coef=0.01,
+        ),
+        linear_learning_rate=True,
+        timesteps=102_400,
+        eval_every=10_240,
+        random_score=0.4,
+        max_score=30.0,
+        threshold=5.0,
+    ),
+}
