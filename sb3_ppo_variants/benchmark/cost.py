@@ -142,10 +142,12 @@ def collect_rollout(model: OnPolicyAlgorithm) -> None:
     Models built from the same seed have the same weights, so every algorithm collects the same
     rollout, through its own collection code (a variant may record extra data while collecting).
     """
-    model.env.seed(SEED)
+    env = model.get_env()
+    assert env is not None
+    env.seed(SEED)
     th.manual_seed(SEED)
     _, callback = model._setup_learn(model.n_steps * model.n_envs, callback=None)
-    model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
+    model.collect_rollouts(env, callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
 
 
 def measure_train(setting: CostSetting, algorithms: list[str], repeats: int) -> list[dict[str, Any]]:
@@ -179,7 +181,9 @@ def measure_train(setting: CostSetting, algorithms: list[str], repeats: int) -> 
             seconds = {label: time_train(label) for label in order}
             rows.append(_row(setting, "train", repeat, name, seconds["ppo"], seconds[name]))
     for model in models.values():
-        model.env.close()
+        env = model.get_env()
+        if env is not None:
+            env.close()
     return rows
 
 

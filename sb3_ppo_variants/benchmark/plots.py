@@ -85,14 +85,14 @@ def plot_cost(summary: list[dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
-def _task_panels(count: int, width: float = 4.6, height: float = 3.4) -> tuple[Any, np.ndarray]:
+def _task_panels(count: int, width: float = 4.6, height: float = 3.4) -> tuple[Any, list[Any]]:
     columns = min(count, 2)
     rows = int(np.ceil(count / columns))
     # the last quarter of the width holds the legend
     figure, axes = plt.subplots(rows, columns, figsize=(width * columns / 0.75, height * rows + 0.4), squeeze=False)
     for axis in axes.flat[count:]:
         axis.set_visible(False)
-    return figure, axes.flat
+    return figure, list(axes.flat)
 
 
 def plot_learning_curves(curves: Any, path: Path) -> None:

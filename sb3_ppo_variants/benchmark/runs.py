@@ -59,7 +59,7 @@ def evaluate(model: BaseAlgorithm, task: Task, seed: int) -> list[float]:
     env = DummyVecEnv([lambda: gym.make(task.env_id, **task.env_kwargs) for _ in range(N_EVAL_EPISODES)])
     env.seed(EVAL_SEED_OFFSET + seed)
     normalizer = model.get_vec_normalize_env()
-    observations = env.reset()
+    observations: Any = env.reset()
     returns = np.zeros(N_EVAL_EPISODES)
     finished = np.zeros(N_EVAL_EPISODES, dtype=bool)
     while not finished.all():
@@ -87,7 +87,7 @@ class PeriodicEvaluation(BaseCallback):
     def _evaluate(self) -> None:
         start = time.perf_counter()
         returns = evaluate(self.model, self.task, self.seed)
-        training_episodes = [info["r"] for info in self.model.ep_info_buffer]
+        training_episodes = [info["r"] for info in self.model.ep_info_buffer or []]
         self.records.append(
             {
                 "step": int(self.num_timesteps),
