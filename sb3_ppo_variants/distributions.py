@@ -19,6 +19,7 @@ How the maths extends beyond a single categorical action:
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch as th
@@ -72,6 +73,18 @@ def action_pseudo_entropy(distribution: Distribution) -> th.Tensor:
     )
 
 
+def pseudo_entropy_from_parameters(template: Distribution, parameters: th.Tensor) -> th.Tensor:
+    """Per-state ``H'`` of the distributions with these ``distribution_parameters``.
+
+    :param template: an SB3 categorical, multi-categorical or Bernoulli distribution (left unchanged).
+    :param parameters: logits as returned by ``distribution_parameters``, shape ``(batch, n)``.
+    :return: ``H'`` with shape ``(batch,)``.
+    """
+    distribution = copy.copy(template)
+    distribution.proba_distribution(parameters)  # type: ignore[call-arg]
+    return action_pseudo_entropy(distribution)
+
+
 def distribution_parameters(distribution: Distribution) -> th.Tensor:
     """The parameters of an SB3 distribution as one ``(batch, n)`` tensor, without gradient.
 
@@ -115,3 +128,36 @@ def exact_kl(old_parameters: th.Tensor, distribution: Distribution) -> th.Tensor
         old_mean, old_std = th.chunk(old_parameters, 2, dim=-1)
         return normal_kl(old_mean, old_std, current.mean, current.stddev).sum(dim=-1)
     raise TypeError(f"no exact KL for {type(current).__name__}")
+
+
+class RolloutKL:
+    """Exact ``KL(π_old ‖ π)`` for minibatches of one rollout.
+
+    Prepared once per update from the old parameters of the whole rollout. For categorical
+    policies the old log-probabilities, probabilities and ``Σ p log p`` are computed here once,
+    so each minibatch needs only ``Σ_a p_old(a) log p_old(a) − Σ_a p_old(a) log π(a)``.
+
+    :param old_parameters: ``distribution_parameters`` of the rollout policy, one row per sample.
+    :param action_dist: the policy's SB3 action distribution (decides the parameter layout).
+    """
+
+    def __init__(self, old_parameters: th.Tensor, action_dist: Distribution) -> None:
+        self.old_parameters = old_parameters
+        self.categorical = isinstance(action_dist, CategoricalDistribution)
+        if self.categorical:
+            self.old_log_probs = th.log_softmax(old_parameters, dim=-1)
+            self.old_probs = self.old_log_probs.exp()
+            self.old_negative_entropy = (self.old_probs * self.old_log_probs).sum(dim=-1)
+
+    def __call__(self, batch_indices: th.Tensor, distribution: Distribution) -> th.Tensor:
+        """Per-state KL for the samples ``batch_indices`` of the rollout.
+
+        :param batch_indices: flat buffer indices of the minibatch.
+        :param distribution: the current SB3 distribution for those samples, with gradient.
+        :return: KL with shape ``(batch,)``.
+        """
+        if self.categorical:
+            # torch's Categorical keeps normalised logits, i.e. log-probabilities
+            new_log_probs = distribution.distribution.logits  # type: ignore[union-attr]
+            return self.old_negative_entropy[batch_indices] - (self.old_probs[batch_indices] * new_log_probs).sum(-1)
+        return exact_kl(self.old_parameters[batch_indices], distribution)

@@ -29,10 +29,11 @@ from torch.nn import functional as F
 
 from sb3_ppo_variants import objectives
 from sb3_ppo_variants.distributions import (
+    RolloutKL,
     action_pseudo_entropy,
     distribution_parameters,
-    exact_kl,
     has_action_probabilities,
+    pseudo_entropy_from_parameters,
 )
 
 SelfVariantPPO = TypeVar("SelfVariantPPO", bound="VariantPPO")
@@ -472,13 +473,17 @@ class VariantPPO(PPO):
         if self.clip_range_vf is not None:
             clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
         probabilities = has_action_probabilities(self.action_space)
-        old_parameters = self._old_distribution_parameters() if self.uses_kl_penalty else None
+        rollout_kl = (
+            RolloutKL(self._old_distribution_parameters(), self.policy.action_dist) if self.uses_kl_penalty else None
+        )
         kl_coef = self.kl_coef
 
         entropy_losses, pg_losses, value_losses = [], [], []
         # detached tensors, read once after the epochs instead of one sync per minibatch
-        target_statistics: list[th.Tensor] = []
-        pseudo_entropies: list[th.Tensor] = []
+        ratios: list[th.Tensor] = []
+        targets: list[th.Tensor] = []
+        normalized_advantages: list[th.Tensor] = []
+        logits: list[th.Tensor] = []
         grad_norms: list[th.Tensor] = []
         value_loss_scales: list[float] = []
         kl_divs: list[th.Tensor] = []
@@ -505,15 +510,18 @@ class VariantPPO(PPO):
                 )
                 policy_loss = self._surrogate_loss(ratio, target, advantages, clip_range)
                 pg_losses.append(policy_loss.item())
-                target_statistics.append(objectives.target_statistics(ratio, target, advantages))
+                ratios.append(ratio.detach())
+                targets.append(target)
+                normalized_advantages.append(advantages.detach())
 
                 distribution: Distribution | None = None
                 state_pseudo_entropy = None
                 if probabilities or self.uses_kl_penalty:
                     distribution = self._current_distribution(rollout_data.observations, len(advantages))
                 if probabilities and distribution is not None:
-                    state_pseudo_entropy = action_pseudo_entropy(distribution)
-                    pseudo_entropies.append(state_pseudo_entropy.detach().mean())
+                    logits.append(distribution_parameters(distribution))
+                    if self.value_grad_rescaling is not None:
+                        state_pseudo_entropy = action_pseudo_entropy(distribution)
 
                 if self.clip_range_vf is None:
                     values_pred = values
@@ -540,9 +548,9 @@ class VariantPPO(PPO):
 
                 loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * scaled_value_loss
 
-                if old_parameters is not None and distribution is not None:
+                if rollout_kl is not None and distribution is not None:
                     batch_indices = self.rollout_buffer.last_batch_indices  # type: ignore[attr-defined]
-                    kl = exact_kl(old_parameters[th.as_tensor(batch_indices, device=self.device)], distribution).mean()
+                    kl = rollout_kl(th.as_tensor(batch_indices, device=self.device), distribution).mean()
                     kl_divs.append(kl.detach())
                     loss = loss + kl_coef * kl
 
@@ -584,15 +592,19 @@ class VariantPPO(PPO):
         self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
         self.logger.record("train/value_loss", np.mean(value_losses))
         self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
-        clip_fraction, ratio_deviation = th.stack(target_statistics).mean(dim=0).tolist()
+        # diagnostics over all samples of the update, in a few vectorised operations
+        clip_fraction, ratio_deviation = objectives.target_statistics(
+            th.cat(ratios), th.cat(targets), th.cat(normalized_advantages)
+        ).tolist()
         self.logger.record("train/clip_fraction", clip_fraction)
         self.logger.record("train/ratio_deviation", ratio_deviation)
         self.logger.record("train/loss", loss.item())
         self.logger.record("train/explained_variance", explained_var)
         if grad_norms:
             self.logger.record("train/grad_norm", th.stack(grad_norms).mean().item())
-        if pseudo_entropies:
-            self.logger.record("train/pseudo_entropy", th.stack(pseudo_entropies).mean().item())
+        if logits:
+            pseudo_entropy = pseudo_entropy_from_parameters(self.policy.action_dist, th.cat(logits))
+            self.logger.record("train/pseudo_entropy", pseudo_entropy.mean().item())
         self.logger.record("train/value_loss_scale", np.mean(value_loss_scales))
         if self.restoring_slope > 0.0:
             # the samples past the target are exactly those the restoring force acts on

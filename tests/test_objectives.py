@@ -370,3 +370,27 @@ def test_closed_form_kls_match_torch_distributions():
     s0, s1 = a.exp(), b.exp()
     th.testing.assert_close(normal_kl(b, s0, a, s1), kl_divergence(Normal(b, s0), Normal(a, s1)))
     assert categorical_kl(a, a).abs().max().item() < 1e-12
+
+
+def test_rollout_kl_fast_path_matches_the_general_kl():
+    from stable_baselines3.common.distributions import CategoricalDistribution
+
+    from sb3_ppo_variants.distributions import RolloutKL, distribution_parameters, exact_kl
+
+    gen = th.Generator().manual_seed(2)
+    dist = CategoricalDistribution(4)
+    dist.proba_distribution(th.randn(10, 4, generator=gen))
+    old = distribution_parameters(dist)
+    dist.proba_distribution(th.randn(10, 4, generator=gen))
+    indices = th.tensor([7, 2, 2, 9])
+    kl = RolloutKL(old, dist)
+    assert kl.categorical
+    th.testing.assert_close(kl(indices, _subset(dist, indices)), exact_kl(old[indices], _subset(dist, indices)))
+
+
+def _subset(dist, indices):
+    import copy
+
+    subset = copy.copy(dist)
+    subset.proba_distribution(dist.distribution.logits[indices])
+    return subset
