@@ -176,9 +176,7 @@ def plot_collapse(collapse: Any, path: Path) -> None:
     )
     for row, task in enumerate(tasks):
         frame = collapse[collapse.task == task].copy()
-        frame["dropped_fraction"] = (frame.collapsed + frame.runs_with_transient_drops).clip(
-            upper=frame.runs
-        ) / frame.runs
+        frame["dropped_fraction"] = frame.runs_fell_to_random / frame.runs
         scales = sorted(frame.learning_rate_scale.unique())
         algorithms = [name for name in COLOURS if name in set(frame.algorithm)]
         offsets = np.linspace(-0.05, 0.05, len(algorithms))

@@ -181,6 +181,7 @@ def collapse_table(curves: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
                     "collapsed": int(runs.collapsed.sum()),
                     "collapsed_fraction": round(float(runs.collapsed.mean()), 3),
                     "runs_with_transient_drops": int((runs.transient_drops > 0).sum()),
+                    "runs_fell_to_random": int((runs.collapsed | (runs.transient_drops > 0)).sum()),
                     "never_learned": int((runs.best_normalised < 0.5).sum()),
                     "iqm_final_normalised": round(float(iqm_interval(runs.final_normalised.to_numpy())[0]), 3),
                 }
