@@ -31,5 +31,13 @@ lint:
 type:
 	mypy sb3_ppo_variants
 
+# The published evidence (docs/benchmarks.md); runs resume where they stopped.
+BENCH_RUNS ?= benchmark_runs
 bench:
-	$(PYTHON) -m sb3_ppo_variants.benchmark --help
+	$(PYTHON) -m sb3_ppo_variants.benchmark cost --output docs/results/cost --plots docs/benchmarks \
+		--setting mlp cnn --threads 1 2 --repeats 9 5 --fps-repeats 3 2
+	$(PYTHON) -m sb3_ppo_variants.benchmark learn --runs $(BENCH_RUNS) \
+		--tasks MinAtar/Breakout-v1 Acrobot-v1 LunarLander-v3 --seeds 0 1 2 3 4 --threads 1
+	$(PYTHON) -m sb3_ppo_variants.benchmark collapse --runs $(BENCH_RUNS) --lr-scales 1 3 10 30 \
+		--seeds 0 1 2 3 4 --threads 1
+	$(PYTHON) -m sb3_ppo_variants.benchmark report --runs $(BENCH_RUNS) --output docs/results --plots docs/benchmarks

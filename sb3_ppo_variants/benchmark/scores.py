@@ -1,27 +1,18 @@
 """Normalised scores, IQM with stratified-bootstrap confidence intervals, and the collapse criterion.
 
-The interquartile mean is ``rliable.metrics.aggregate_iqm``. The interval is rliable's
-stratified bootstrap (Agarwal et al. 2021, arXiv:2108.13264): runs are resampled with
-replacement within each task, the IQM is recomputed on every resample, and the 2.5 and 97.5
-percentiles bound the 95 % interval. It is written out here because ``rliable.library``
-1.2 cannot be imported next to pandas 3 (its dependency ``arch`` 7.2 fails at import, and
-``arch`` 8 no longer accepts the ``random_state`` keyword that rliable passes).
+The interquartile mean and its stratified-bootstrap 95 % interval (Agarwal et al. 2021,
+arXiv:2108.13264) come from ``rliable``: runs are resampled with replacement within each task,
+the IQM is recomputed on every resample, and the percentiles bound the interval.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import trim_mean
-
-try:
-    from rliable.metrics import aggregate_iqm
-except ImportError:  # rliable is optional (the bench extra); its IQM is scipy's 25 % trimmed mean
-
-    def aggregate_iqm(scores: np.ndarray) -> float:
-        return float(trim_mean(scores, proportiontocut=0.25, axis=None))
-
+from rliable import library as rly
+from rliable import metrics
 
 # Normalised-score levels of the collapse criterion; see ``collapse_events``.
 NEAR_BEST = 0.9
@@ -30,28 +21,34 @@ RECOVERED = 0.5
 LEARNED = 0.5
 
 
+def _interval_estimates(scores: np.ndarray, statistic, reps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    with warnings.catch_warnings():
+        # arch deprecates the RandomState that rliable hands it; the resampling is unchanged
+        warnings.simplefilter("ignore", FutureWarning)
+        point, interval = rly.get_interval_estimates(
+            {"scores": scores}, statistic, reps=reps, random_state=np.random.RandomState(seed)
+        )
+    return point["scores"], interval["scores"]
+
+
 def iqm_interval(scores: np.ndarray, reps: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """IQM of a ``(runs, tasks)`` score matrix and its stratified-bootstrap 95 % interval."""
     scores = np.asarray(scores, dtype=float)
     if scores.ndim == 1:
         scores = scores[:, None]
-    n_runs, n_tasks = scores.shape
-    generator = np.random.default_rng(seed)
-    indices = generator.integers(0, n_runs, size=(reps, n_runs, n_tasks))
-    resampled = scores[indices, np.arange(n_tasks)]
-    estimates = trim_mean(resampled.reshape(reps, -1), proportiontocut=0.25, axis=1)
-    low, high = np.percentile(estimates, [2.5, 97.5])
-    return float(aggregate_iqm(scores)), float(low), float(high)
+    point, interval = _interval_estimates(scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps, seed)
+    return float(point[0]), float(interval[0, 0]), float(interval[1, 0])
 
 
 def iqm_curve(curves: np.ndarray, reps: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """IQM over runs at every evaluation of a ``(runs, evaluations)`` matrix, with bootstrap 95 % bands."""
-    curves = np.asarray(curves, dtype=float)
-    generator = np.random.default_rng(seed)
-    indices = generator.integers(0, curves.shape[0], size=(reps, curves.shape[0]))
-    estimates = trim_mean(curves[indices], proportiontocut=0.25, axis=1)
-    low, high = np.percentile(estimates, [2.5, 97.5], axis=0)
-    return trim_mean(curves, proportiontocut=0.25, axis=0), low, high
+    curves = np.asarray(curves, dtype=float)[:, None, :]  # (runs, one task, evaluations)
+
+    def iqm_per_evaluation(x: np.ndarray) -> np.ndarray:
+        return np.array([metrics.aggregate_iqm(x[..., j]) for j in range(x.shape[-1])])
+
+    point, interval = _interval_estimates(curves, iqm_per_evaluation, reps, seed)
+    return point, interval[0], interval[1]
 
 
 def normalised(returns: np.ndarray, random_score: float, max_score: float) -> np.ndarray:
