@@ -68,7 +68,7 @@ def score_model(algo: str, env_id: str, model_path: Path, seed: int, episodes: i
     model = ALGOS[algo].load(model_path, env=env, device="cpu")
     returns, _ = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=True, return_episode_rewards=True)
     env.close()
-    return [float(value) for value in returns]
+    return [float(value) for value in np.atleast_1d(returns)]
 
 
 def provenance(argv: list[str]) -> dict[str, Any]:
