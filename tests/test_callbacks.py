@@ -1,9 +1,6 @@
 """CollapseMonitor: detection of a forced collapse, the kept checkpoint, rollback, configuration.
 
-The collapse is forced with :class:`FlipEnv`: the observation is a sign ``±1`` and
-the rewarded action is ``obs > 0``, until a switch flips it to ``obs < 0``. A policy
-that learned the first rule then scores 0 per episode, worse than the 5 of a
-random policy, from one step to the next.
+The collapse is forced with ``forced_collapse.FlipEnv`` (see that module).
 """
 
 from __future__ import annotations
@@ -11,27 +8,28 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import subprocess
 import sys
-from pathlib import Path
 
-import gymnasium as gym
-import numpy as np
 import pytest
 import torch as th
+from forced_collapse import (
+    EPISODE_LENGTH,
+    FlipEnv,
+    FlipRewardAt,
+    RewardSwitch,
+    checkout_environment,
+    make_env,
+)
 from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import configure
-from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sb3_ppo_variants.callbacks import DIAGNOSTIC_KEYS, CollapseMonitor, ScaledSchedule
 from sb3_ppo_variants.variant_ppo import VariantPPO
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-EPISODE_LENGTH = 10
 N_STEPS = 128
 FLIP_AT = 2048  # a multiple of N_STEPS: the flip starts a rollout
 LEARNING_RATE = 3e-3
@@ -43,63 +41,6 @@ def _one_thread():
     th.set_num_threads(1)
     yield
     th.set_num_threads(threads)
-
-
-class RewardSwitch:
-    """Shared by the training and evaluation envs, flipped by :class:`FlipRewardAt`."""
-
-    def __init__(self) -> None:
-        self.flipped = False
-
-
-class FlipEnv(gym.Env):
-    """Reward 1 when the action is ``obs > 0`` (``obs < 0`` once flipped), 0 otherwise."""
-
-    observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
-    action_space = gym.spaces.Discrete(2)
-
-    def __init__(self, switch: RewardSwitch):
-        self.switch = switch
-        self._t = 0
-        self._obs = np.ones(1, np.float32)
-
-    def _draw(self) -> np.ndarray:
-        self._obs = np.array([self.np_random.choice([-1.0, 1.0])], np.float32)
-        return self._obs
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self._t = 0
-        return self._draw(), {}
-
-    def step(self, action):
-        self._t += 1
-        rewarded = int(self._obs[0] > 0) ^ int(self.switch.flipped)
-        reward = 1.0 if int(action) == rewarded else 0.0
-        return self._draw(), reward, False, self._t >= EPISODE_LENGTH, {}
-
-
-class FlipRewardAt(BaseCallback):
-    """Flips the switch on the first step after ``timesteps``."""
-
-    def __init__(self, switch: RewardSwitch, timesteps: int):
-        super().__init__()
-        self.switch = switch
-        self.timesteps = timesteps
-
-    def _on_step(self) -> bool:
-        if self.num_timesteps > self.timesteps:
-            self.switch.flipped = True
-        return True
-
-
-def make_env(switch: RewardSwitch, seed: int = 0, monitor_file: str | None = None) -> DummyVecEnv:
-    def build() -> gym.Env:
-        env = Monitor(FlipEnv(switch), filename=monitor_file)
-        env.reset(seed=seed)
-        return env
-
-    return DummyVecEnv([build])
 
 
 def make_eval_env(switch: RewardSwitch) -> DummyVecEnv:
@@ -523,8 +464,9 @@ def test_enabled_from_an_rl_zoo_yml(tmp_path):
     command += ["-conf", str(config), "-f", str(tmp_path / "logs"), "--eval-freq", "256", "--eval-episodes", "2"]
     command += ["--seed", "0", "--num-threads", "1", "--device", "cpu"]
     # The package may not be installed: the subprocess imports it from the checkout.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        command, cwd=tmp_path, env=checkout_environment(), capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     # It follows the zoo's EvalCallback and writes into the zoo's run folder.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import shutil
 import struct
@@ -17,69 +16,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from forced_collapse import FlipRewardAt, RewardSwitch, checkout_environment, make_env
 from stable_baselines3 import PPO
-from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+from stable_baselines3.common.callbacks import EvalCallback
 from stable_baselines3.common.logger import configure
-from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sb3_ppo_variants.callbacks import CollapseMonitor
 from sb3_ppo_variants.collapse_report import load_run, main
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 N_STEPS = 128
 FLIP_AT = 2048
-
-
-class SignEnv(gym.Env):
-    """Reward 1 for the action ``obs > 0``; the rule inverts once ``switch["flipped"]`` is set."""
-
-    observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
-    action_space = gym.spaces.Discrete(2)
-
-    def __init__(self, switch: dict[str, bool]):
-        self.switch = switch
-        self._t = 0
-        self._obs = np.ones(1, np.float32)
-
-    def _draw(self) -> np.ndarray:
-        self._obs = np.array([self.np_random.choice([-1.0, 1.0])], np.float32)
-        return self._obs
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self._t = 0
-        return self._draw(), {}
-
-    def step(self, action):
-        self._t += 1
-        reward = float(int(action) == int(self._obs[0] > 0) ^ int(self.switch["flipped"]))
-        return self._draw(), reward, False, self._t >= 10, {}
-
-
-class FlipAt(BaseCallback):
-    def __init__(self, switch: dict[str, bool]):
-        super().__init__()
-        self.switch = switch
-
-    def _on_step(self) -> bool:
-        if self.num_timesteps > FLIP_AT:
-            self.switch["flipped"] = True
-        return True
-
-
-def vec_env(switch: dict[str, bool], seed: int, monitor_file: str | None = None) -> DummyVecEnv:
-    def build() -> gym.Env:
-        env = Monitor(SignEnv(switch), filename=monitor_file)
-        env.reset(seed=seed)
-        return env
-
-    return DummyVecEnv([build])
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +38,10 @@ def run_dir(tmp_path_factory) -> Path:
     threads = th.get_num_threads()
     th.set_num_threads(1)
     folder = tmp_path_factory.mktemp("run")
-    switch = {"flipped": False}
+    switch = RewardSwitch()
     model = PPO(
         "MlpPolicy",
-        vec_env(switch, seed=0, monitor_file=str(folder / "0")),
+        make_env(switch, seed=0, monitor_file=str(folder / "0")),
         n_steps=N_STEPS,
         batch_size=64,
         n_epochs=4,
@@ -102,7 +52,7 @@ def run_dir(tmp_path_factory) -> Path:
     )
     model.set_logger(configure(str(folder), ["csv"]))
     evaluation = EvalCallback(
-        vec_env(switch, seed=123),
+        make_env(switch, seed=123),
         eval_freq=N_STEPS,
         n_eval_episodes=5,
         best_model_save_path=str(folder),
@@ -110,7 +60,7 @@ def run_dir(tmp_path_factory) -> Path:
         verbose=0,
     )
     monitor = CollapseMonitor(margin=0.5, patience=2, rollback=True)
-    model.learn(FLIP_AT + 5 * N_STEPS, callback=[FlipAt(switch), evaluation, monitor])
+    model.learn(FLIP_AT + 5 * N_STEPS, callback=[FlipRewardAt(switch, FLIP_AT), evaluation, monitor])
     th.set_num_threads(threads)
     assert monitor.save_dir == folder / "collapse_monitor"
     assert monitor.n_collapses == 2
@@ -119,9 +69,8 @@ def run_dir(tmp_path_factory) -> Path:
 
 def report(*args: str | Path) -> subprocess.CompletedProcess:
     # The package may not be installed: the subprocess imports it from the checkout.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     command = [sys.executable, "-m", "sb3_ppo_variants.collapse_report", *map(str, args)]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(command, env=checkout_environment(), capture_output=True, text=True, timeout=120)
 
 
 def png_size(data: bytes) -> tuple[int, int]:
