@@ -39,6 +39,18 @@ from sb3_ppo_variants.distributions import (
 SelfVariantPPO = TypeVar("SelfVariantPPO", bound="VariantPPO")
 
 VALUE_GRAD_RESCALINGS = (None, "per_state", "per_batch", "smoothed")
+VARIANT_OPTIONS = (
+    "value_grad_rescaling",
+    "pseudo_entropy_smoothing",
+    "delta_target_policy",
+    "peaked_policy_loss",
+    "surrogate",
+    "kl_coef",
+    "kl_penalty_target",
+    "kl_adapt_factor",
+    "kl_adapt_tolerance",
+)
+"""The keyword-only options ``VariantPPO`` adds to ``PPO``, in constructor order."""
 KL_COEF_FLOOR = 1e-20
 """Smallest adapted ``β``: far below any useful penalty, far above float underflow."""
 
@@ -264,21 +276,17 @@ class VariantPPO(PPO):
         self.validate_options(
             action_space=getattr(self, "action_space", None),  # unset when load() builds the model without env
             clip_range=clip_range,
-            value_grad_rescaling=value_grad_rescaling,
-            pseudo_entropy_smoothing=pseudo_entropy_smoothing,
-            delta_target_policy=delta_target_policy,
-            peaked_policy_loss=peaked_policy_loss,
-            surrogate=surrogate,
-            kl_coef=kl_coef,
-            kl_penalty_target=kl_penalty_target,
-            kl_adapt_factor=kl_adapt_factor,
-            kl_adapt_tolerance=kl_adapt_tolerance,
+            **self.variant_options(),
         )
         # Plain Python state lives here, not in _setup_model: load() calls _setup_model again
         # after restoring attributes and would reset it.
         self._pseudo_entropy_average: float | None = None
         if _init_setup_model:
             self._setup_model()
+
+    def variant_options(self) -> dict[str, Any]:
+        """The current value of every option ``VariantPPO`` adds to ``PPO``, by name (``VARIANT_OPTIONS``)."""
+        return {name: getattr(self, name) for name in VARIANT_OPTIONS}
 
     @staticmethod
     def validate_options(

@@ -7,21 +7,11 @@ import pytest
 import torch as th
 
 from sb3_ppo_variants import SPOPPO, KLPenaltyPPO, LogitPPO, PeakedPPO, RescaledPPO, VariantPPO
+from sb3_ppo_variants.variant_ppo import VARIANT_OPTIONS
 
 th.set_num_threads(1)
 
 SMALL = dict(n_steps=64, batch_size=32, n_epochs=2, seed=11)
-OPTIONS = (
-    "value_grad_rescaling",
-    "pseudo_entropy_smoothing",
-    "delta_target_policy",
-    "peaked_policy_loss",
-    "surrogate",
-    "kl_coef",
-    "kl_penalty_target",
-    "kl_adapt_factor",
-    "kl_adapt_tolerance",
-)
 
 
 @pytest.mark.parametrize(
@@ -43,7 +33,7 @@ def test_save_load_restores_options_and_state(tmp_path, cls, kwargs, load_with):
     loader = cls if load_with == "own" else VariantPPO
     loaded = loader.load(path, env=model.get_env())
     assert type(loaded) is (cls if load_with == "own" else VariantPPO)
-    for name in OPTIONS:
+    for name in VARIANT_OPTIONS:
         assert getattr(loaded, name) == getattr(model, name), name
     assert loaded._pseudo_entropy_average == model._pseudo_entropy_average
     for (name, saved), restored in zip(
@@ -102,5 +92,5 @@ def test_load_without_env_for_replay(tmp_path, cls):
     np.testing.assert_array_equal(
         loaded.predict(observation, deterministic=True)[0], model.predict(observation, deterministic=True)[0]
     )
-    for name in OPTIONS:
+    for name in VARIANT_OPTIONS:
         assert getattr(loaded, name) == getattr(model, name), name

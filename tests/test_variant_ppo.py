@@ -19,7 +19,7 @@ from stable_baselines3.common.envs import (
 from stable_baselines3.common.logger import configure
 
 from sb3_ppo_variants import SPOPPO, KLPenaltyPPO, LogitPPO, PeakedPPO, RescaledPPO, VariantPPO
-from sb3_ppo_variants.variant_ppo import KL_COEF_FLOOR
+from sb3_ppo_variants.variant_ppo import KL_COEF_FLOOR, VARIANT_OPTIONS
 
 th.set_num_threads(1)
 
@@ -58,6 +58,17 @@ def test_default_options_reproduce_sb3_ppo(env_id, extra):
         assert variant.logger.name_to_value[key] == pytest.approx(reference.logger.name_to_value[key], rel=1e-5)
 
 
+def test_variant_options_are_the_keyword_only_arguments():
+    import inspect
+
+    parameters = inspect.signature(VariantPPO.__init__).parameters.values()
+    keyword_only = tuple(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    assert keyword_only == VARIANT_OPTIONS
+    model = LogitPPO("MlpPolicy", "CartPole-v1", kl_coef=0.5, _init_setup_model=False)
+    assert model.variant_options()["delta_target_policy"] == "logit"
+    assert model.variant_options()["kl_coef"] == 0.5
+
+
 def test_presets_only_change_defaults():
     expected = {
         LogitPPO: {"delta_target_policy": "logit"},
@@ -66,28 +77,17 @@ def test_presets_only_change_defaults():
         SPOPPO: {"surrogate": "spo"},
         KLPenaltyPPO: {"surrogate": "unclipped", "kl_coef": 1.0},
     }
-    names = (
-        "value_grad_rescaling",
-        "pseudo_entropy_smoothing",
-        "delta_target_policy",
-        "peaked_policy_loss",
-        "surrogate",
-        "kl_coef",
-        "kl_penalty_target",
-        "kl_adapt_factor",
-        "kl_adapt_tolerance",
-    )
     base = VariantPPO("MlpPolicy", "CartPole-v1", _init_setup_model=False)
     for preset, changed in expected.items():
         model = preset("MlpPolicy", "CartPole-v1", _init_setup_model=False)
         assert type(model).train is VariantPPO.train
-        for name in names:
+        for name in VARIANT_OPTIONS:
             assert getattr(model, name) == changed.get(name, getattr(base, name)), (preset.__name__, name)
         # every default can still be overridden
         overridden = preset(
             "MlpPolicy", "CartPole-v1", _init_setup_model=False, **{k: getattr(base, k) for k in changed}
         )
-        for name in names:
+        for name in VARIANT_OPTIONS:
             assert getattr(overridden, name) == getattr(base, name)
 
 
