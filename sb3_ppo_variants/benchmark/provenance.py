@@ -16,6 +16,7 @@ PACKAGES = (
     "sb3-ppo-variants",
     "torch",
     "stable-baselines3",
+    "rl-zoo3",
     "gymnasium",
     "ale-py",
     "minatar",
@@ -48,8 +49,11 @@ def _cpu_model() -> str:
 
 
 def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        # an installed copy: the enclosing directories may belong to another repository
+        return None
     try:
-        root = Path(__file__).resolve().parents[2]
         commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()

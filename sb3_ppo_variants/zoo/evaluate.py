@@ -15,10 +15,8 @@ seeds, date and every score.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -72,43 +70,23 @@ def score_model(algo: str, env_id: str, model_path: Path, seed: int, episodes: i
 
 
 def provenance(argv: list[str]) -> dict[str, Any]:
-    """Versions, hardware and date for a result file."""
-    import gymnasium
-    import rl_zoo3
-    import stable_baselines3
-    import torch
+    """Command, versions, hardware and date for a result file (from the benchmark runner's record)."""
+    from sb3_ppo_variants.benchmark.provenance import provenance as measured_with
 
-    import sb3_ppo_variants
-
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    record = measured_with()
+    packages = record["packages"]
+    gpu = "a GPU" if record["cuda_available"] else "no GPU"
     return {
         "command": "python -m sb3_ppo_variants.zoo.evaluate " + " ".join(argv),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "stable_baselines3": stable_baselines3.__version__,
-        "rl_zoo3": rl_zoo3.__version__,
-        "gymnasium": gymnasium.__version__,
-        "sb3_ppo_variants": sb3_ppo_variants.__version__,
-        "git_commit": commit,
-        "hardware": f"{cpu}, {os.cpu_count()} cores, no GPU",
+        "date": record["date_utc"].split()[0],
+        "python": record["python"],
+        "torch": packages["torch"],
+        "stable_baselines3": packages["stable-baselines3"],
+        "rl_zoo3": packages["rl-zoo3"],
+        "gymnasium": packages["gymnasium"],
+        "sb3_ppo_variants": packages["sb3-ppo-variants"],
+        "git_commit": record["git_commit"] or "unknown",
+        "hardware": f"{record['cpu']}, {record['cpu_count']} cores, {gpu}",
     }
 
 
