@@ -14,8 +14,6 @@ clipped surrogate, PPO paper (Schulman et al. 2017, arXiv:1707.06347).
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch as th
 from torch.nn import functional as F
 
@@ -227,38 +225,6 @@ def unclipped_surrogate(ratio: th.Tensor, advantages: th.Tensor) -> th.Tensor:
     :return: scalar loss.
     """
     return -(advantages * ratio).mean()
-
-
-class TargetDiagnostics(NamedTuple):
-    """Per-minibatch diagnostics measured against the target ratio ``r'``."""
-
-    clip_fraction: float
-    """Fraction of samples past the target, i.e. ``A (r − r') > 0``."""
-    ratio_deviation: float
-    """Mean ``|r − r'|``."""
-
-
-def target_diagnostics(
-    log_prob: th.Tensor,
-    old_log_prob: th.Tensor,
-    advantages: th.Tensor,
-    clip_range: float,
-    delta_target_policy: str = "absolute",
-) -> TargetDiagnostics:
-    """Clip fraction and mean ratio deviation against the chosen target.
-
-    :param log_prob: ``log π`` of the taken actions under the current policy.
-    :param old_log_prob: ``log π_old`` of the same actions.
-    :param advantages: advantages ``A``.
-    :param clip_range: ``ε``.
-    :param delta_target_policy: ``"absolute"`` or ``"logit"``.
-    :return: the diagnostics as Python floats.
-    """
-    with th.no_grad():
-        ratio = _ratio(log_prob, old_log_prob)
-        target = target_ratio(old_log_prob, advantages, clip_range, delta_target_policy)
-        clip_fraction, ratio_deviation = target_statistics(ratio, target, advantages).tolist()
-    return TargetDiagnostics(clip_fraction=clip_fraction, ratio_deviation=ratio_deviation)
 
 
 def target_statistics(ratio: th.Tensor, target: th.Tensor, advantages: th.Tensor) -> th.Tensor:

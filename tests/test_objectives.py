@@ -21,8 +21,8 @@ from sb3_ppo_variants.objectives import (
     pseudo_entropy,
     restoring_slope,
     spo_policy_loss,
-    target_diagnostics,
     target_ratio,
+    target_statistics,
     unclipped_policy_loss,
 )
 
@@ -187,11 +187,12 @@ def test_restoring_slope_mapping_and_bounds():
             restoring_slope(bad)
 
 
-def test_target_diagnostics_count_samples_past_the_target():
-    log_prob = th.log(_t(RATIO))
-    diagnostics = target_diagnostics(log_prob, th.zeros(4), _t(ADV), EPS)
-    assert diagnostics.clip_fraction == pytest.approx(0.5)
-    assert diagnostics.ratio_deviation == pytest.approx((0.1 + 0.3 + 0.1 + 0.3) / 4, abs=1e-6)
+def test_target_statistics_count_samples_past_the_target():
+    ratio = _t(RATIO)
+    target = target_ratio(th.zeros(4), _t(ADV), EPS)
+    clip_fraction, ratio_deviation = target_statistics(ratio, target, _t(ADV)).tolist()
+    assert clip_fraction == pytest.approx(0.5)
+    assert ratio_deviation == pytest.approx((0.1 + 0.3 + 0.1 + 0.3) / 4, abs=1e-6)
 
 
 # --------------------------------------------------------------------------- SPO
