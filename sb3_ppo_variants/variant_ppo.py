@@ -55,7 +55,7 @@ KL_COEF_FLOOR = 1e-20
 """Smallest adapted ``β``: far below any useful penalty, far above float underflow."""
 
 
-class _BatchIndexRecorder:
+class _RolloutDistributionRecorder:
     """Rollout-buffer mixin for the exact KL penalty.
 
     It keeps the rollout policy's distribution parameters beside each stored step (handed
@@ -93,11 +93,11 @@ class _BatchIndexRecorder:
         return super()._get_samples(batch_inds, env)  # type: ignore[misc]
 
 
-class IndexedRolloutBuffer(_BatchIndexRecorder, RolloutBuffer):
+class IndexedRolloutBuffer(_RolloutDistributionRecorder, RolloutBuffer):
     """SB3's ``RolloutBuffer``, keeping the rollout policy's distribution parameters and minibatch indices."""
 
 
-class IndexedDictRolloutBuffer(_BatchIndexRecorder, DictRolloutBuffer):
+class IndexedDictRolloutBuffer(_RolloutDistributionRecorder, DictRolloutBuffer):
     """SB3's ``DictRolloutBuffer``, keeping the rollout policy's distribution parameters and minibatch indices."""
 
 
@@ -106,7 +106,7 @@ class _RecordRolloutDistribution:
     rollout, and it leaves the distribution in ``policy.action_dist``. Holds the buffer weakly so
     that copying or pickling the policy does not drag the algorithm along."""
 
-    def __init__(self, buffer: _BatchIndexRecorder) -> None:
+    def __init__(self, buffer: _RolloutDistributionRecorder) -> None:
         self.buffer = weakref.ref(buffer)
 
     def __call__(self, policy: th.nn.Module, inputs: Any, outputs: Any) -> None:
@@ -379,7 +379,7 @@ class VariantPPO(PPO):
                 IndexedDictRolloutBuffer if isinstance(self.observation_space, spaces.Dict) else IndexedRolloutBuffer
             )
         super()._setup_model()
-        if self.uses_kl_penalty and isinstance(self.rollout_buffer, _BatchIndexRecorder):
+        if self.uses_kl_penalty and isinstance(self.rollout_buffer, _RolloutDistributionRecorder):
             self.policy.register_forward_hook(_RecordRolloutDistribution(self.rollout_buffer))
 
     @property
@@ -442,7 +442,7 @@ class VariantPPO(PPO):
         pass without gradient gives ``π_old`` exactly. The rows follow the buffer's flat order.
         """
         buffer = self.rollout_buffer
-        if not isinstance(buffer, _BatchIndexRecorder):
+        if not isinstance(buffer, _RolloutDistributionRecorder):
             raise TypeError(
                 "the exact KL penalty needs a rollout buffer that records minibatch indices "
                 "(IndexedRolloutBuffer or IndexedDictRolloutBuffer)"
