@@ -95,10 +95,19 @@ class PeriodicEvaluation(BaseCallback):
                 "eval_return": float(np.mean(returns)),
                 "eval_returns": [round(value, 2) for value in returns],
                 "train_return": float(np.mean(training_episodes)) if training_episodes else None,
+                "train": self._last_update_diagnostics(),
             }
         )
         self.eval_seconds += time.perf_counter() - start
         self.next_eval += self.task.eval_every
+
+    def _last_update_diagnostics(self) -> dict[str, float]:
+        """The ``train/`` values of the last update, still in the logger while the next rollout is collected."""
+        return {
+            key.removeprefix("train/"): round(float(value), 6)
+            for key, value in self.model.logger.name_to_value.items()
+            if key.startswith("train/") and np.isscalar(value)
+        }
 
     def _on_training_start(self) -> None:
         self.start = time.perf_counter()

@@ -15,6 +15,8 @@ from typing import Any
 
 from stable_baselines3.common.utils import LinearSchedule
 
+from sb3_ppo_variants.policies import MlpTrunk
+
 
 def linear(initial_value: float) -> LinearSchedule:
     """rl-zoo3's ``lin_<value>``: decays linearly from ``initial_value`` to 0 over training."""
@@ -136,3 +138,48 @@ TASKS: dict[str, Task] = {
         threshold=5.0,
     ),
 }
+
+
+# The collapse pilot (docs/benchmarks.md): classic control at large constant step sizes, several epochs of
+# small minibatches, long budgets, with separate actor and critic (SB3's MlpPolicy) or a shared 64-64 trunk.
+# The learning rate is a base of 1e-3 that ``--lr-scales`` multiplies (3 → 3e-3, 10 → 1e-2).
+PILOT_HYPERPARAMETERS: dict[str, Any] = dict(
+    n_steps=128,
+    batch_size=64,
+    n_epochs=10,
+    gamma=0.99,
+    gae_lambda=0.95,
+    ent_coef=0.0,
+    learning_rate=1e-3,
+    clip_range=0.2,
+)
+SHARED_TRUNK: dict[str, Any] = dict(
+    features_extractor_class=MlpTrunk, features_extractor_kwargs=dict(hidden_sizes=(64, 64)), net_arch=[]
+)
+
+
+def _pilot(env_id: str, shared: bool, **scores: float) -> Task:
+    hyperparameters = dict(PILOT_HYPERPARAMETERS)
+    if shared:
+        hyperparameters["policy_kwargs"] = SHARED_TRUNK
+    return Task(
+        env_id=env_id,
+        n_envs=8,
+        hyperparameters=hyperparameters,
+        linear_learning_rate=False,
+        timesteps=300_000,
+        eval_every=10_000,
+        **scores,
+    )
+
+
+_CARTPOLE_SCORES = dict(random_score=23.7, max_score=500.0, threshold=475.0)
+_ACROBOT_SCORES = dict(random_score=-497.1, max_score=-60.0, threshold=-100.0)
+TASKS.update(
+    {
+        "pilot/CartPole-v1-separate": _pilot("CartPole-v1", False, **_CARTPOLE_SCORES),
+        "pilot/CartPole-v1-shared": _pilot("CartPole-v1", True, **_CARTPOLE_SCORES),
+        "pilot/Acrobot-v1-separate": _pilot("Acrobot-v1", False, **_ACROBOT_SCORES),
+        "pilot/Acrobot-v1-shared": _pilot("Acrobot-v1", True, **_ACROBOT_SCORES),
+    }
+)
