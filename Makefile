@@ -1,12 +1,18 @@
-# Developer commands. `make setup` prepares a fresh Debian machine (run as root for apt).
-PYTHON ?= python
+# Developer commands. `make setup` prepares a fresh Debian machine (run as root for apt) and builds a new
+# virtual environment in $(VENV) with the package, its extras and the CPU build of torch.
+BASE_PYTHON ?= python3
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
 APT_PACKAGES := postgresql
 
-.PHONY: setup system-packages test test-fast lint type bench
+.PHONY: setup venv system-packages test test-fast lint type bench
 
-setup: system-packages
+setup: system-packages venv
+
+venv:
+	$(BASE_PYTHON) -m venv $(VENV)
 	$(PYTHON) -m pip install -r requirements/torch-cpu.txt
-	$(PYTHON) -m pip install ".[test,bench,dev]"
+	$(PYTHON) -m pip install ".[test,dev]"
 
 system-packages:
 	@if command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \
@@ -25,11 +31,11 @@ test-fast:
 	$(PYTHON) -m pytest -m "not slow"
 
 lint:
-	ruff check sb3_ppo_variants tests
-	ruff format --check sb3_ppo_variants tests
+	$(PYTHON) -m ruff check sb3_ppo_variants tests
+	$(PYTHON) -m ruff format --check sb3_ppo_variants tests
 
 type:
-	mypy sb3_ppo_variants
+	$(PYTHON) -m mypy sb3_ppo_variants
 
 # The published evidence (docs/benchmarks.md); runs resume where they stopped.
 BENCH_RUNS ?= benchmark_runs
