@@ -14,7 +14,7 @@ from forced_collapse import EPISODE_LENGTH, RewardSwitch, checkout_environment, 
 from stable_baselines3 import PPO
 from stable_baselines3.common.evaluation import evaluate_policy
 
-from sb3_ppo_variants.collapse.diagnosis import Diagnosis, diagnose, load_policy, save_probe
+from sb3_ppo_variants.collapse.diagnosis import Diagnosis, diagnose, load_policy, load_probe, save_probe
 from sb3_ppo_variants.policies import MinAtarCNN, MlpTrunk
 
 SHARED_TRUNK = dict(
@@ -111,11 +111,21 @@ def test_diagnose_command_on_two_saved_models(planted, tmp_path):
 
 @pytest.mark.slow
 def test_collect_probe_command(planted, tmp_path):
-    folder, _ = planted
-    command = [sys.executable, "-m", "sb3_ppo_variants.collapse", "collect-probe", str(folder / "good.zip"),
-               "--env", "CartPole-v1", "-n", "10", "-o", str(tmp_path / "probe.npz")]
+    PPO("MlpPolicy", "CartPole-v1", policy_kwargs=SHARED_TRUNK, seed=0, device="cpu").save(tmp_path / "cartpole.zip")
+    command = [sys.executable, "-m", "sb3_ppo_variants.collapse", "collect-probe", str(tmp_path / "cartpole.zip"),
+               "--env", "CartPole-v1", "-n", "300", "-o", str(tmp_path / "probe.npz")]
     result = subprocess.run(command, env=checkout_environment(), capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    probe = load_probe(tmp_path / "probe.npz")
+    assert probe.shape == (300, 4)
+    # Several episodes (an untrained policy drops the pole within ~30 steps), all within CartPole's bounds.
+    assert np.unique(probe, axis=0).shape[0] == 300
+    assert (np.abs(probe[:, 2]) < 0.21).all()
+
     # The planted policy was trained on a 1-d observation: CartPole's 4-d one is refused with a message.
+    folder, _ = planted
+    command[4] = str(folder / "good.zip")
+    result = subprocess.run(command, env=checkout_environment(), capture_output=True, text=True, timeout=180)
     assert result.returncode == 2
     assert "observation space" in result.stderr
 

@@ -32,6 +32,7 @@ def _diagnose(args: argparse.Namespace) -> int:
 
 def _collect_probe(args: argparse.Namespace) -> int:
     from stable_baselines3.common.env_util import make_atari_env, make_vec_env
+    from stable_baselines3.common.preprocessing import is_image_space
     from stable_baselines3.common.vec_env import VecFrameStack, VecNormalize, VecTransposeImage
 
     from sb3_ppo_variants.collapse.diagnosis import collect_probe, load_policy, save_probe
@@ -46,7 +47,9 @@ def _collect_probe(args: argparse.Namespace) -> int:
         env.training, env.norm_reward = False, False
     if env.observation_space.shape != policy.observation_space.shape:
         # SB3 transposes channel-last images for a CNN policy.
-        if getattr(policy.observation_space, "shape", None) == VecTransposeImage(env).observation_space.shape:
+        if is_image_space(env.observation_space) and (
+            policy.observation_space.shape == VecTransposeImage(env).observation_space.shape
+        ):
             env = VecTransposeImage(env)
         else:
             raise ValueError(

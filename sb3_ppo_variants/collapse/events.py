@@ -135,11 +135,6 @@ class CollapseEvent:
         names = {item.name for item in fields(cls)}
         return cls(**{key: value for key, value in record.items() if key in names})
 
-    def get(self, name: str, default: Any = None) -> Any:
-        """Mapping-style read, for code that handles events and plain records alike."""
-        value = getattr(self, name, default)
-        return default if value is None else value
-
 
 @dataclass
 class MonitorRecord:
