@@ -42,8 +42,17 @@ def planted(tmp_path_factory):
     threads = th.get_num_threads()
     th.set_num_threads(1)
     folder = tmp_path_factory.mktemp("planted")
-    model = PPO("MlpPolicy", make_env(RewardSwitch()), n_steps=128, batch_size=64, n_epochs=4,
-                learning_rate=3e-3, policy_kwargs=SHARED_TRUNK, seed=0, device="cpu")
+    model = PPO(
+        "MlpPolicy",
+        make_env(RewardSwitch()),
+        n_steps=128,
+        batch_size=64,
+        n_epochs=4,
+        learning_rate=3e-3,
+        policy_kwargs=SHARED_TRUNK,
+        seed=0,
+        device="cpu",
+    )
     # Trained longer, this shared trunk collapses on its own (to about 5): stop at the perfect score.
     model.learn(1024)
     score, _ = evaluate_policy(model, make_env(RewardSwitch(), seed=5), n_eval_episodes=10)
@@ -97,8 +106,18 @@ def test_planted_layer_is_the_only_one_named(planted):
 @pytest.mark.slow
 def test_diagnose_command_on_two_saved_models(planted, tmp_path):
     folder, _ = planted
-    command = [sys.executable, "-m", "sb3_ppo_variants.collapse", "diagnose", str(folder / "good.zip"),
-               str(folder / "bad.zip"), "--probe", str(folder / "probe.npz"), "-o", str(tmp_path / "out")]
+    command = [
+        sys.executable,
+        "-m",
+        "sb3_ppo_variants.collapse",
+        "diagnose",
+        str(folder / "good.zip"),
+        str(folder / "bad.zip"),
+        "--probe",
+        str(folder / "probe.npz"),
+        "-o",
+        str(tmp_path / "out"),
+    ]
     result = subprocess.run(command, env=checkout_environment(), capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     assert DAMAGED in result.stdout
@@ -112,8 +131,19 @@ def test_diagnose_command_on_two_saved_models(planted, tmp_path):
 @pytest.mark.slow
 def test_collect_probe_command(planted, tmp_path):
     PPO("MlpPolicy", "CartPole-v1", policy_kwargs=SHARED_TRUNK, seed=0, device="cpu").save(tmp_path / "cartpole.zip")
-    command = [sys.executable, "-m", "sb3_ppo_variants.collapse", "collect-probe", str(tmp_path / "cartpole.zip"),
-               "--env", "CartPole-v1", "-n", "300", "-o", str(tmp_path / "probe.npz")]
+    command = [
+        sys.executable,
+        "-m",
+        "sb3_ppo_variants.collapse",
+        "collect-probe",
+        str(tmp_path / "cartpole.zip"),
+        "--env",
+        "CartPole-v1",
+        "-n",
+        "300",
+        "-o",
+        str(tmp_path / "probe.npz"),
+    ]
     result = subprocess.run(command, env=checkout_environment(), capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     probe = load_probe(tmp_path / "probe.npz")
@@ -147,8 +177,9 @@ class ChannelGrid(gym.Env):
 def test_planted_filters_are_named(tmp_path):
     """A deterministic stand-in: a confident conv policy, two of its 8 filters replaced by a strong pattern."""
     th.manual_seed(0)
-    policy_kwargs = dict(features_extractor_class=MinAtarCNN,
-                         features_extractor_kwargs=dict(features_dim=32, n_filters=8), net_arch=[])
+    policy_kwargs = dict(
+        features_extractor_class=MinAtarCNN, features_extractor_kwargs=dict(features_dim=32, n_filters=8), net_arch=[]
+    )
     model = PPO("MlpPolicy", ChannelGrid(), policy_kwargs=policy_kwargs, n_steps=64, seed=0, device="cpu")
     conv = "features_extractor.conv.0"
     with th.no_grad():

@@ -22,7 +22,9 @@ from sb3_ppo_variants.collapse.health import (
 
 def features_of_rank(rank: int, n: int = 200, width: int = 32, seed: int = 0) -> th.Tensor:
     generator = th.Generator().manual_seed(seed)
-    return th.randn(n, rank, generator=generator, dtype=th.float64) @ th.randn(rank, width, generator=generator, dtype=th.float64)
+    return th.randn(n, rank, generator=generator, dtype=th.float64) @ th.randn(
+        rank, width, generator=generator, dtype=th.float64
+    )
 
 
 @pytest.mark.parametrize("rank", [1, 3, 8])

@@ -38,16 +38,27 @@ def run(tmp_path_factory):
     model = PPO(
         "MlpPolicy",
         make_env(switch, seed=0, monitor_file=str(folder / "0")),
-        n_steps=N_STEPS, batch_size=64, n_epochs=4, learning_rate=3e-3, seed=0, device="cpu",
-        policy_kwargs=dict(features_extractor_class=MlpTrunk, features_extractor_kwargs=dict(hidden_sizes=(16, 16)),
-                           net_arch=[]),
+        n_steps=N_STEPS,
+        batch_size=64,
+        n_epochs=4,
+        learning_rate=3e-3,
+        seed=0,
+        device="cpu",
+        policy_kwargs=dict(
+            features_extractor_class=MlpTrunk, features_extractor_kwargs=dict(hidden_sizes=(16, 16)), net_arch=[]
+        ),
     )
     model.set_logger(configure(str(folder), ["csv"]))
     rollback = RollbackToBest(lr_scale=0.5)
-    on_eval = CollapseOnEval(margin=0.5, patience=2, keep_checkpoints=2, probe_size=400,
-                             callback_on_collapse=rollback)
-    evaluation = EvalCallback(make_env(switch, seed=123), eval_freq=N_STEPS, n_eval_episodes=5,
-                              best_model_save_path=str(folder), log_path=str(folder), callback_after_eval=on_eval)
+    on_eval = CollapseOnEval(margin=0.5, patience=2, keep_checkpoints=2, probe_size=400, callback_on_collapse=rollback)
+    evaluation = EvalCallback(
+        make_env(switch, seed=123),
+        eval_freq=N_STEPS,
+        n_eval_episodes=5,
+        best_model_save_path=str(folder),
+        log_path=str(folder),
+        callback_after_eval=on_eval,
+    )
     health = HealthRecorder(every=2, batch_size=128, save_path=folder / "collapse_monitor")
     model.learn(FLIP_AT + 6 * N_STEPS, callback=[FlipRewardAt(switch, FLIP_AT), evaluation, health])
     th.set_num_threads(threads)
@@ -56,7 +67,7 @@ def run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_forced_collapse_keeps_checkpoints_probe_and_diagnosis(run):
-    folder, model, on_eval, _ = run
+    folder, _model, on_eval, _ = run
     assert on_eval.save_dir == folder / "collapse_monitor"
     event = on_eval.events[0]
     assert event.source == "parent_eval"
@@ -73,7 +84,10 @@ def test_forced_collapse_keeps_checkpoints_probe_and_diagnosis(run):
     diagnosis = json.loads((on_eval.save_dir / event.diagnosis).read_text())
     # The first bad evaluation comes before any update on the flipped reward has changed the policy's
     # choices: the drop is the environment's, and no layer is blamed for it.
-    assert (diagnosis["summary"]["good_timesteps"], diagnosis["summary"]["bad_timesteps"]) == (FLIP_AT, FLIP_AT + N_STEPS)
+    assert (diagnosis["summary"]["good_timesteps"], diagnosis["summary"]["bad_timesteps"]) == (
+        FLIP_AT,
+        FLIP_AT + N_STEPS,
+    )
     assert diagnosis["summary"]["disagreement"] == 0.0
     assert diagnosis["flipping_layers"] == []
     assert all(layer["delta_norm"] > 0 for layer in diagnosis["layers"])
@@ -86,7 +100,7 @@ def test_forced_collapse_keeps_checkpoints_probe_and_diagnosis(run):
 
 @pytest.mark.slow
 def test_rollback_restores_the_best_policy_exactly(run):
-    folder, model, on_eval, _ = run
+    _folder, _model, on_eval, _ = run
     assert on_eval.n_rollbacks >= 1
     assert on_eval.events[0].rollback_timesteps == on_eval.events[0].detected_timesteps
     assert on_eval.events[0].learning_rate_after == pytest.approx(1.5e-3)
@@ -96,8 +110,12 @@ def test_rollback_restores_the_best_policy_exactly(run):
 def test_health_is_logged_with_the_shared_gradient_ratio(run):
     folder, _, _, health = run
     assert len(health.rows) == math.ceil((FLIP_AT + 6 * N_STEPS) / N_STEPS / 2)
-    assert health.shared_names == ["features_extractor.trunk.1.weight", "features_extractor.trunk.1.bias",
-                                   "features_extractor.trunk.3.weight", "features_extractor.trunk.3.bias"]
+    assert health.shared_names == [
+        "features_extractor.trunk.1.weight",
+        "features_extractor.trunk.1.bias",
+        "features_extractor.trunk.3.weight",
+        "features_extractor.trunk.3.bias",
+    ]
     table = pd.read_csv(folder / "collapse_monitor" / "health.csv")
     assert len(table) == len(health.rows)
     assert (table["feature_erank"] >= 1).all() and (table["feature_erank"] <= 16).all()

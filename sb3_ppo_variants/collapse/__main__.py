@@ -21,8 +21,9 @@ def _diagnose(args: argparse.Namespace) -> int:
     from sb3_ppo_variants.collapse.diagnosis import describe, diagnose, load_probe
     from sb3_ppo_variants.collapse.report import render_diagnosis_png
 
-    diagnosis = diagnose(args.good, args.bad, load_probe(args.probe), flip_share=args.flip_share,
-                         filters=not args.no_filters)
+    diagnosis = diagnose(
+        args.good, args.bad, load_probe(args.probe), flip_share=args.flip_share, filters=not args.no_filters
+    )
     written = diagnosis.save(args.output)
     render_diagnosis_png(diagnosis, args.output / "diagnosis.png", title=f"{args.good.name} → {args.bad.name}")
     print(describe(diagnosis), end="")
@@ -78,8 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     diagnose.add_argument("bad", type=Path, help="the first bad model (.zip)")
     diagnose.add_argument("--probe", type=Path, required=True, help="probe batch (.npz with 'observations')")
     diagnose.add_argument("-o", "--output", type=Path, required=True, help="folder for diagnosis.json, layers.csv, ...")
-    diagnose.add_argument("--flip-share", type=float, default=0.5,
-                          help="share of the full good→bad effect a single layer must reach to be named")
+    diagnose.add_argument(
+        "--flip-share",
+        type=float,
+        default=0.5,
+        help="share of the full good→bad effect a single layer must reach to be named",
+    )
     diagnose.add_argument("--no-filters", action="store_true", help="skip the filter-by-filter interpolation")
     diagnose.set_defaults(run=_diagnose)
 

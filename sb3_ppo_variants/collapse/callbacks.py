@@ -95,8 +95,17 @@ DIAGNOSTIC_KEYS: dict[str, str] = {
 DIAGNOSTIC_NAMES: tuple[str, ...] = (*DIAGNOSTIC_KEYS, "learning_rate")
 RETURN_SOURCES = ("auto", "eval", "rollout")
 HEALTH_COLUMNS = (
-    "timesteps", "feature_erank", "feature_rank99", "feature_dim", "dead_fraction", "last_dead_fraction",
-    "preact_norm", "weight_norm", "grad_policy_shared", "grad_value_shared", "grad_ratio_value_policy",
+    "timesteps",
+    "feature_erank",
+    "feature_rank99",
+    "feature_dim",
+    "dead_fraction",
+    "last_dead_fraction",
+    "preact_norm",
+    "weight_norm",
+    "grad_policy_shared",
+    "grad_value_shared",
+    "grad_ratio_value_policy",
 )
 
 
@@ -326,8 +335,12 @@ class HealthRecorder(BaseCallback):
         return row
 
     def _gradient_health(
-        self, policy: ActorCriticPolicy, observations: th.Tensor, actions: th.Tensor,
-        advantages: th.Tensor, returns: th.Tensor,
+        self,
+        policy: ActorCriticPolicy,
+        observations: th.Tensor,
+        actions: th.Tensor,
+        advantages: th.Tensor,
+        returns: th.Tensor,
     ) -> dict[str, float]:
         nan = {"grad_policy_shared": math.nan, "grad_value_shared": math.nan, "grad_ratio_value_policy": math.nan}
         if isinstance(self.model.action_space, gym.spaces.Discrete):
@@ -474,9 +487,7 @@ class CollapseCallback(EventCallback):
         self.diagnostics: deque[dict[str, float]] = deque(maxlen=10_000)
         self._last_recorded_updates: int | None = None
         # K before the drop, the last good one, and the drop itself.
-        self._checkpoints: deque[tuple[int, float, Path]] = deque(
-            maxlen=self.keep_checkpoints + 1 + self.rule.patience
-        )
+        self._checkpoints: deque[tuple[int, float, Path]] = deque(maxlen=self.keep_checkpoints + 1 + self.rule.patience)
         self._keep_after: list[tuple[int, int]] = []  # (event index, checkpoints still to keep)
         self._receives_rollout_events = False
         self._collapse_pending = False
@@ -515,8 +526,12 @@ class CollapseCallback(EventCallback):
         return self.detector.threshold
 
     def settings(self) -> dict[str, Any]:
-        return {**asdict(self.rule), "following": self.source, "keep_checkpoints": self.keep_checkpoints,
-                "probe_size": self.probe_size}
+        return {
+            **asdict(self.rule),
+            "following": self.source,
+            "keep_checkpoints": self.keep_checkpoints,
+            "probe_size": self.probe_size,
+        }
 
     # --------------------------------------------------------------------------- lifecycle
 
@@ -571,7 +586,9 @@ class CollapseCallback(EventCallback):
         if observation.new_best:
             self._keep_best(observation.timesteps, observation.value)
         self._save_checkpoint(observation.timesteps, observation.value)
-        event_index = self._declare_collapse(observation.timesteps, observation.value) if observation.collapsed else None
+        event_index = (
+            self._declare_collapse(observation.timesteps, observation.value) if observation.collapsed else None
+        )
         row = {
             "timesteps": observation.timesteps,
             "return": observation.value,
@@ -598,7 +615,12 @@ class CollapseCallback(EventCallback):
             self.best_normalization = copy.deepcopy((vec_normalize.obs_rms, vec_normalize.ret_rms))
             vec_normalize.save(str(self.save_dir / BEST_VECNORMALIZE_FILE))
         buffer = getattr(self.model, "rollout_buffer", None)
-        if self.probe_size and self._probe_env() is None and buffer is not None and not isinstance(buffer.observations, dict):
+        if (
+            self.probe_size
+            and self._probe_env() is None
+            and buffer is not None
+            and not isinstance(buffer.observations, dict)
+        ):
             self._best_rollout = buffer.observations.reshape(-1, *buffer.obs_shape).copy()
         if self.verbose >= 2:
             print(f"{type(self).__name__}: new best return {value:.2f} at step {timesteps}")
@@ -629,7 +651,9 @@ class CollapseCallback(EventCallback):
         shutil.copyfile(path, kept)
         event = self.record.events[index - 1]
         if not any(item["timesteps"] == timesteps for item in event.checkpoints):
-            event.checkpoints.append({"timesteps": timesteps, "return": value, "path": str(kept.relative_to(self.save_dir))})
+            event.checkpoints.append(
+                {"timesteps": timesteps, "return": value, "path": str(kept.relative_to(self.save_dir))}
+            )
             self._write_record()
 
     # --------------------------------------------------------------------------- a collapse
@@ -775,7 +799,9 @@ class CollapseCallback(EventCallback):
             row[key] = _as_float(values.get(key, math.nan))
         self.diagnostics.append(row)
         if self.save_dir is not None:
-            append_csv_row(self.save_dir / DIAGNOSTICS_FILE, ("timesteps", "n_updates", *self._diagnostic_columns()), row)
+            append_csv_row(
+                self.save_dir / DIAGNOSTICS_FILE, ("timesteps", "n_updates", *self._diagnostic_columns()), row
+            )
 
     # --------------------------------------------------------------------------- files
 

@@ -207,8 +207,13 @@ def weight_deltas(layers: Mapping[str, Sequence[str]], good: StateDict, bad: Sta
         delta_norm = float(th.sqrt(sum((bad[name] - good[name]).double().pow(2).sum() for name in names)))
         n_params = sum(good[name].numel() for name in names)
         rows.append(
-            {"layer": layer, "n_params": n_params, "weight_norm_good": good_norm, "delta_norm": delta_norm,
-             "relative_delta": delta_norm / good_norm if good_norm > 0 else float("nan")}
+            {
+                "layer": layer,
+                "n_params": n_params,
+                "weight_norm_good": good_norm,
+                "delta_norm": delta_norm,
+                "relative_delta": delta_norm / good_norm if good_norm > 0 else float("nan"),
+            }
         )
     return pd.DataFrame(rows)
 
@@ -219,7 +224,9 @@ class _Swapped:
     def __init__(self, policy: ActorCriticPolicy, reference: StateDict):
         self.policy, self.reference = policy, reference
 
-    def measure(self, changes: Mapping[str, th.Tensor], observations: th.Tensor, baseline: PolicyOutputs) -> tuple[float, float]:
+    def measure(
+        self, changes: Mapping[str, th.Tensor], observations: th.Tensor, baseline: PolicyOutputs
+    ) -> tuple[float, float]:
         params = dict(self.policy.named_parameters())
         with th.no_grad():
             for name, value in changes.items():
@@ -395,7 +402,9 @@ def diagnose(
     summary = compare_on_probe(good, bad, probe)
     bad_state = {name: tensor.detach().clone() for name, tensor in bad.state_dict().items()}
     good_state = {name: tensor.detach().clone() for name, tensor in good.state_dict().items()}
-    layers = weight_deltas(layers_of(good), good_state, bad_state).merge(layer_interpolation(good, bad_state, probe), on="layer")
+    layers = weight_deltas(layers_of(good), good_state, bad_state).merge(
+        layer_interpolation(good, bad_state, probe), on="layer"
+    )
 
     discrete = isinstance(good.action_space, spaces.Discrete)
     effect = "disagreement" if discrete else "kl"

@@ -159,8 +159,13 @@ class MonitorRecord:
         events = [CollapseEvent.from_dict(item) for item in record.pop("events", [])]
         best_return, best_timesteps = record.pop("best_return", None), record.pop("best_timesteps", None)
         n_rollbacks = int(record.pop("n_rollbacks", 0) or 0)
-        return cls(settings=record, best_return=best_return, best_timesteps=best_timesteps,
-                   n_rollbacks=n_rollbacks, events=events)
+        return cls(
+            settings=record,
+            best_return=best_return,
+            best_timesteps=best_timesteps,
+            n_rollbacks=n_rollbacks,
+            events=events,
+        )
 
 
 def start_csv(path: Path, columns: Sequence[str]) -> None:

@@ -102,7 +102,11 @@ def shared_parameters(
     params = [parameter for _, parameter in named]
     policy_grads = th.autograd.grad(policy_output.sum(), params, retain_graph=True, allow_unused=True)
     value_grads = th.autograd.grad(value_output.sum(), params, retain_graph=True, allow_unused=True)
-    return [item for item, pg, vg in zip(named, policy_grads, value_grads) if pg is not None and vg is not None]
+    return [
+        item
+        for item, pg, vg in zip(named, policy_grads, value_grads, strict=False)
+        if pg is not None and vg is not None
+    ]
 
 
 @dataclass

@@ -289,8 +289,7 @@ def _event_summary(event: CollapseEvent, total: int) -> str:
     ]
     if event.rollback_timesteps is not None:
         lines.append(
-            f"rolled back at step {event.rollback_timesteps}, "
-            f"learning rate now {_fmt(event.learning_rate_after)}"
+            f"rolled back at step {event.rollback_timesteps}, learning rate now {_fmt(event.learning_rate_after)}"
         )
     return "\n".join(lines)
 
@@ -377,8 +376,14 @@ def _draw_health(axes: Any, logs: RunLogs, name: str, chosen: CollapseEvent | No
     axes.set_title(HEALTH_PANELS[name], fontsize=8)
     values = pd.to_numeric(logs.health[name], errors="coerce")
     if not np.isfinite(values).any():
-        axes.text(0.5, 0.5, "nothing shared by the two heads" if name.startswith("grad") else "not recorded",
-                  ha="center", va="center", transform=axes.transAxes)
+        axes.text(
+            0.5,
+            0.5,
+            "nothing shared by the two heads" if name.startswith("grad") else "not recorded",
+            ha="center",
+            va="center",
+            transform=axes.transAxes,
+        )
         return
     axes.plot(logs.health["timesteps"], values, "o-", ms=2.5, lw=1, color="tab:brown")
     if name == "grad_ratio_value_policy":
@@ -403,7 +408,8 @@ def _draw_layers(axes: Any, diagnosis: Diagnosis) -> None:
     axes.axvline(diagnosis.flip_share, color="tab:red", ls=":", lw=0.8)
     axes.set_title(
         f"each layer alone good→bad: share of the full {diagnosis.effect} (bars; red: flips the policy); "
-        "black: |Δw|/|w|", fontsize=8,
+        "black: |Δw|/|w|",
+        fontsize=8,
     )
     axes.tick_params(labelsize=7)
 
@@ -412,8 +418,10 @@ def _draw_probe(axes: Any, diagnosis: Diagnosis, logs: RunLogs | None, chosen: C
     summary = diagnosis.summary
     trajectory = diagnosis.trajectory
     axes.set_title(
-        f"probe batch ({summary['n_states']} states): entropy {summary['entropy_good']:.3g}→{summary['entropy_bad']:.3g}, "
-        f"value {summary['value_good']:.3g}→{summary['value_bad']:.3g}", fontsize=8,
+        f"probe batch ({summary['n_states']} states): "
+        f"entropy {summary['entropy_good']:.3g}→{summary['entropy_bad']:.3g}, "
+        f"value {summary['value_good']:.3g}→{summary['value_bad']:.3g}",
+        fontsize=8,
     )
     if trajectory is None or trajectory.empty:
         axes.text(0.5, 0.5, "no kept checkpoints", ha="center", va="center", transform=axes.transAxes)
@@ -599,8 +607,10 @@ def render_html(logs: RunLogs, path: str | Path, event: int = 1, title: str | No
             ]
             if not diagnosis.filters.empty:
                 flipping = diagnosis.filters[diagnosis.filters["flips_policy"]]
-                parts += [f"<h3>Filters that alone flip the policy ({len(flipping)})</h3>",
-                          flipping.to_html(index=False, float_format=lambda value: f"{value:.3g}", border=0)]
+                parts += [
+                    f"<h3>Filters that alone flip the policy ({len(flipping)})</h3>",
+                    flipping.to_html(index=False, float_format=lambda value: f"{value:.3g}", border=0),
+                ]
     if logs.settings:
         settings = {key: value for key, value in logs.settings.items() if not isinstance(value, (dict, list))}
         parts += ["<h2>Monitor settings</h2>", _table(["setting", "value"], [[k, v] for k, v in settings.items()])]
