@@ -166,7 +166,7 @@ def test_detection_rule_on_scripted_returns(tmp_path, script, kwargs, detected_a
     model = make_ppo(make_env(RewardSwitch()), n_steps=64)
     model.learn(64 * len(script), callback=ScriptedEvalCallback(script, monitor, eval_freq=64))
     assert [row["return"] for row in monitor.returns] == script
-    assert [event["detected_timesteps"] for event in monitor.events] == [64 * k for k in detected_at]
+    assert [event.detected_timesteps for event in monitor.events] == [64 * k for k in detected_at]
     assert monitor.best_return == best
     assert [row["event"] for row in monitor.returns if row["event"] is not None] == list(range(1, len(detected_at) + 1))
 
@@ -196,13 +196,13 @@ def test_forced_collapse_is_detected_at_the_second_evaluation_below_threshold(tm
     assert monitor.n_collapses == 1
     (event,) = monitor.events
     # The first evaluation after the flip falls below best/2, patience 2 confirms it one evaluation later.
-    assert event["drop_start_timesteps"] == FLIP_AT + N_STEPS
-    assert event["detected_timesteps"] == FLIP_AT + 2 * N_STEPS
-    assert event["last_good_timesteps"] == FLIP_AT
-    assert event["best_return"] == pytest.approx(EPISODE_LENGTH)
-    assert event["best_timesteps"] < FLIP_AT
-    assert all(value < EPISODE_LENGTH / 2 for value in event["returns_below"])
-    assert len(event["returns_below"]) == 2
+    assert event.drop_start_timesteps == FLIP_AT + N_STEPS
+    assert event.detected_timesteps == FLIP_AT + 2 * N_STEPS
+    assert event.last_good_timesteps == FLIP_AT
+    assert event.best_return == pytest.approx(EPISODE_LENGTH)
+    assert event.best_timesteps < FLIP_AT
+    assert all(value < EPISODE_LENGTH / 2 for value in event.returns_below)
+    assert len(event.returns_below) == 2
 
     # Diagnostics: one row per PPO update, stamped with the timestep it trained on.
     rows = list(monitor.diagnostics)
@@ -215,12 +215,12 @@ def test_forced_collapse_is_detected_at_the_second_evaluation_below_threshold(tm
     assert all(0.0 < row["entropy"] <= math.log(2) + 1e-6 for row in rows)
 
     # "during" holds the updates between the last good evaluation and the detection.
-    during_steps = [row["timesteps"] for row in event["diagnostics_window"] if row["timesteps"] >= FLIP_AT]
+    during_steps = [row["timesteps"] for row in event.diagnostics_window if row["timesteps"] >= FLIP_AT]
     assert during_steps == [FLIP_AT, FLIP_AT + N_STEPS]
-    assert len(event["diagnostics_window"]) == 10 + 2
-    assert event["diagnostics_during"]["approx_kl"]["max"] > 0.0
-    assert event["diagnostics_during"]["grad_norm"]["mean"] is None or math.isnan(
-        event["diagnostics_during"]["grad_norm"]["mean"]
+    assert len(event.diagnostics_window) == 10 + 2
+    assert event.diagnostics_during["approx_kl"]["max"] > 0.0
+    assert event.diagnostics_during["grad_norm"]["mean"] is None or math.isnan(
+        event.diagnostics_during["grad_norm"]["mean"]
     )
 
     # Machine-readable records, and the collapse/ keys in the SB3 logger output.
@@ -257,10 +257,10 @@ def test_kept_checkpoint_loads_and_scores_at_its_best(tmp_path):
     model.learn(FLIP_AT + 3 * N_STEPS, callback=[FlipRewardAt(switch, FLIP_AT), monitor])
     (event,) = monitor.events
 
-    kept = PPO.load(tmp_path / "collapse_monitor" / event["checkpoint"], device="cpu")
+    kept = PPO.load(tmp_path / "collapse_monitor" / event.checkpoint, device="cpu")
     before_flip = make_eval_env(RewardSwitch())
     score, _ = evaluate_policy(kept, before_flip, n_eval_episodes=20, deterministic=True)
-    assert score == pytest.approx(event["best_return"], abs=0.5)
+    assert score == pytest.approx(event.best_return, abs=0.5)
     # The collapsed policy, on the same unflipped env, is not what was kept.
     flipped = RewardSwitch()
     flipped.flipped = True
@@ -299,17 +299,17 @@ def test_rollback_restores_the_kept_policy_and_scales_the_learning_rate(tmp_path
     assert monitor.n_collapses == monitor.n_rollbacks == 2
     first, second = monitor.events
     # Rolled back at the first rollout start after the detection, before collecting more data.
-    assert probe.timesteps == first["rollback_timesteps"] == first["detected_timesteps"] == FLIP_AT + 2 * N_STEPS
-    assert second["detected_timesteps"] == second["rollback_timesteps"] == FLIP_AT + 4 * N_STEPS
-    assert second["best_timesteps"] == first["best_timesteps"]
+    assert probe.timesteps == first.rollback_timesteps == first.detected_timesteps == FLIP_AT + 2 * N_STEPS
+    assert second.detected_timesteps == second.rollback_timesteps == FLIP_AT + 4 * N_STEPS
+    assert second.best_timesteps == first.best_timesteps
     # The second drop is measured from the restored policy, not from the first good stretch.
-    assert second["last_good_timesteps"] == first["rollback_timesteps"]
+    assert second.last_good_timesteps == first.rollback_timesteps
     # ... and its "during" updates are the ones of the restored policy only, all at the scaled rate.
-    during = [row for row in second["diagnostics_window"] if row["timesteps"] > second["last_good_timesteps"]]
+    during = [row for row in second.diagnostics_window if row["timesteps"] > second.last_good_timesteps]
     assert [row["timesteps"] for row in during] == [FLIP_AT + 3 * N_STEPS]
-    assert second["diagnostics_during"]["learning_rate"]["max"] == pytest.approx(0.25 * LEARNING_RATE)
+    assert second.diagnostics_during["learning_rate"]["max"] == pytest.approx(0.25 * LEARNING_RATE)
 
-    kept = PPO.load(tmp_path / "collapse_monitor" / first["checkpoint"], device="cpu")
+    kept = PPO.load(tmp_path / "collapse_monitor" / first.checkpoint, device="cpu")
     assert probe.state is not None and probe.state.keys() == kept.policy.state_dict().keys()
     for name, tensor in kept.policy.state_dict().items():
         assert th.equal(probe.state[name], tensor), name
@@ -323,8 +323,8 @@ def test_rollback_restores_the_kept_policy_and_scales_the_learning_rate(tmp_path
     assert all(group["lr"] == pytest.approx(0.25 * LEARNING_RATE) for group in probe.optimizer_state["param_groups"])
 
     # Each rollback multiplies the schedule once more; the logged learning rate follows.
-    assert first["learning_rate_after"] == pytest.approx(0.25 * LEARNING_RATE)
-    assert second["learning_rate_after"] == pytest.approx(0.0625 * LEARNING_RATE)
+    assert first.learning_rate_after == pytest.approx(0.25 * LEARNING_RATE)
+    assert second.learning_rate_after == pytest.approx(0.0625 * LEARNING_RATE)
     logged = {row["timesteps"]: row["learning_rate"] for row in monitor.diagnostics}
     assert logged[FLIP_AT + 2 * N_STEPS] == pytest.approx(LEARNING_RATE)
     assert logged[FLIP_AT + 3 * N_STEPS] == pytest.approx(0.25 * LEARNING_RATE)
@@ -351,7 +351,7 @@ def test_follows_an_eval_callback_in_the_same_list(tmp_path, monitor_first):
     assert monitor.save_dir == tmp_path / "collapse_monitor"
     assert [row["timesteps"] for row in monitor.returns] == list(range(N_STEPS, FLIP_AT + 4 * N_STEPS, N_STEPS))
     (event,) = monitor.events
-    assert event["detected_timesteps"] == FLIP_AT + 2 * N_STEPS
+    assert event.detected_timesteps == FLIP_AT + 2 * N_STEPS
     # EvalCallback dumps the logger mid-rollout; reading at rollout start still sees every update.
     assert len(monitor.diagnostics) == (FLIP_AT + 3 * N_STEPS) // N_STEPS
     assert all(math.isfinite(row["approx_kl"]) for row in monitor.diagnostics)
@@ -369,9 +369,9 @@ def test_works_as_callback_after_eval(tmp_path):
     model.learn(FLIP_AT + 3 * N_STEPS, callback=[FlipRewardAt(switch, FLIP_AT), evaluation])
 
     assert monitor.following == "parent_eval"
-    assert monitor.events[0]["detected_timesteps"] == FLIP_AT + 2 * N_STEPS
+    assert monitor.events[0].detected_timesteps == FLIP_AT + 2 * N_STEPS
     # No rollout events reach a child callback: it rolls back at the evaluation itself.
-    assert monitor.events[0]["rollback_timesteps"] == FLIP_AT + 2 * N_STEPS
+    assert monitor.events[0].rollback_timesteps == FLIP_AT + 2 * N_STEPS
     assert monitor.n_rollbacks == 1
     # Diagnostics arrive through the logger dumps instead of rollout starts.
     assert len(monitor.diagnostics) >= FLIP_AT // N_STEPS
@@ -390,9 +390,9 @@ def test_follows_the_rollout_return_without_evaluation(tmp_path):
     assert monitor.best_return > 0.9 * EPISODE_LENGTH
     (event,) = monitor.events
     # The rollout ending at FLIP_AT + N_STEPS is the first one played entirely on the flipped reward.
-    assert event["drop_start_timesteps"] == FLIP_AT + N_STEPS
-    assert event["detected_timesteps"] == FLIP_AT + 2 * N_STEPS
-    assert event["return_at_detection"] < EPISODE_LENGTH / 2
+    assert event.drop_start_timesteps == FLIP_AT + N_STEPS
+    assert event.detected_timesteps == FLIP_AT + 2 * N_STEPS
+    assert event.return_at_detection < EPISODE_LENGTH / 2
 
 
 @pytest.mark.slow

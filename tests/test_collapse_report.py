@@ -112,7 +112,7 @@ def test_html_report_embeds_the_figure_and_the_event_table(run_dir, tmp_path):
 def test_load_run_reads_the_records_and_the_zoo_files(run_dir):
     for given in (run_dir, run_dir / "collapse_monitor"):
         logs = load_run(given)
-        assert [event["index"] for event in logs.events] == [1, 2]
+        assert [event.index for event in logs.events] == [1, 2]
         assert logs.settings["following"] == "sibling_eval"
         assert logs.return_label == "evaluation return"
         # One evaluation every N_STEPS, the same ones EvalCallback saved.
