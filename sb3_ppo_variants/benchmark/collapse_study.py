@@ -241,7 +241,7 @@ def score_intervals(outcomes: pd.DataFrame, reps: int = 2000, seed: int = 0) -> 
         row = dict(zip([*SETTING, "algorithm"], key, strict=True))
         for column in ("best_score", "final_score"):
             scores = {"run": group[column].to_numpy(dtype=float)[:, None]}
-            np.random.seed(seed)
+            np.random.seed(seed)  # noqa: NPY002 (rliable's bootstrap draws from NumPy's global generator)
             point, interval = rly.get_interval_estimates(
                 scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps
             )
