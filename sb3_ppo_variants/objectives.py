@@ -112,7 +112,9 @@ def target_ratio(
 
 def _signed_step(advantages: th.Tensor, clip_range_low: float, clip_range_high: float) -> th.Tensor:
     """``δ = ε_high`` where ``A > 0``, ``−ε_low`` where ``A < 0``, ``0`` where ``A = 0``."""
-    return th.where(advantages > 0, clip_range_high, 0.0) - th.where(advantages < 0, clip_range_low, 0.0)
+    return clip_range_high * (advantages > 0).to(advantages.dtype) - clip_range_low * (advantages < 0).to(
+        advantages.dtype
+    )
 
 
 def restoring_slope(peaked_policy_loss: bool | float, kl_trust_region: bool = False) -> float:

@@ -170,7 +170,10 @@ def test_dict_observations_with_exact_kl():
         (dict(delta_target_policy="logit", clip_range=1.0), r"clip_range must be in \[0, 1\) with delta_target_policy"),
         (dict(delta_target_policy="logit", clip_range=lambda p: 1.5 - p), r"clip_range must be in \[0, 1\)"),
         (dict(surrogate="trpo"), r"surrogate must be one of 'clipped', 'spo', 'unclipped'"),
-        (dict(surrogate="spo", peaked_policy_loss=True), r"peaked_policy_loss needs surrogate='clipped'.*must be False"),
+        (
+            dict(surrogate="spo", peaked_policy_loss=True),
+            r"peaked_policy_loss needs surrogate='clipped'.*must be False",
+        ),
         (dict(clip_range=-0.1), r"clip_range must be a finite float >= 0"),
         (dict(surrogate="spo", clip_range=-0.1), r"clip_range must be a finite float >= 0"),
         (dict(kl_coef=-1.0), r"kl_coef must be a finite float >= 0"),
