@@ -108,7 +108,7 @@ def test_dual_clip_is_ye_et_al_eq_5(ratio, advantage, epsilon, bound):
     r = log_prob_ref.exp()
     ppo = th.min(r * adv, th.clamp(r, 1 - epsilon, 1 + epsilon) * adv)
     reference = -th.where(adv < 0, th.max(ppo, bound * adv), ppo).mean()
-    scale = max(1.0, float(adv.abs().max()) * max(ratio + [bound]))
+    scale = max(1.0, float(adv.abs().max()) * max([*ratio, bound]))
     assert loss.item() == pytest.approx(reference.item(), abs=1e-9 * scale)
     np.testing.assert_allclose(_grad(loss, log_prob), _grad(reference, log_prob_ref), atol=1e-9 * scale)
 
@@ -306,7 +306,7 @@ def test_feature_drift_pulls_the_features_back():
 
 
 def test_pfo_needs_a_hidden_layer():
-    with pytest.raises(ValueError, match="feature_drift_coef needs a policy whose actor has a hidden nn.Linear"):
+    with pytest.raises(ValueError, match=r"feature_drift_coef needs a policy whose actor has a hidden nn\.Linear"):
         VariantPPO("MlpPolicy", IdentityEnvBox(), feature_drift_coef=1.0, policy_kwargs=dict(net_arch=[]))
 
 
