@@ -870,3 +870,28 @@ class KLPenaltyPPO(VariantPPO):
 
     def __init__(self, *args: Any, surrogate: str = "unclipped", kl_coef: float = 1.0, **kwargs: Any) -> None:
         super().__init__(*args, surrogate=surrogate, kl_coef=kl_coef, **kwargs)
+
+
+class TrulyPPO(VariantPPO):
+    """Truly PPO (TR-PPO-RB, Wang et al. 2019, arXiv:1903.07940): KL-triggered clipping with rollback.
+
+    A sample whose state has left the trust region ``KL(π_old ‖ π)(s) >= δ`` while ``r A > A`` gets the
+    objective ``r A − α KL(s)``; every other sample keeps ``r A``. The KL is exact and per state.
+    Defaults ``kl_trust_region=δ=0.03`` and ``peaked_policy_loss=α=5``; ``peaked_policy_loss=False`` gives TR-PPO.
+    Takes every argument of ``VariantPPO``; only the defaults change.
+    """
+
+    def __init__(
+        self, *args: Any, kl_trust_region: float | None = 0.03, peaked_policy_loss: bool | float = 5.0, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, kl_trust_region=kl_trust_region, peaked_policy_loss=peaked_policy_loss, **kwargs)
+
+
+class DualClipPPO(VariantPPO):
+    """Dual-clip PPO (Ye et al. 2020, arXiv:1912.09729, eq. 5): ``max(min(r A, clip(r) A), c A)`` for ``A < 0``.
+
+    Default ``dual_clip=c=3``, the paper's value. Takes every argument of ``VariantPPO``; only the default changes.
+    """
+
+    def __init__(self, *args: Any, dual_clip: float | None = 3.0, **kwargs: Any) -> None:
+        super().__init__(*args, dual_clip=dual_clip, **kwargs)

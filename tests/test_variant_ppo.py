@@ -18,7 +18,16 @@ from stable_baselines3.common.envs import (
 )
 from stable_baselines3.common.logger import configure
 
-from sb3_ppo_variants import SPOPPO, KLPenaltyPPO, LogitPPO, PeakedPPO, RescaledPPO, VariantPPO
+from sb3_ppo_variants import (
+    SPOPPO,
+    DualClipPPO,
+    KLPenaltyPPO,
+    LogitPPO,
+    PeakedPPO,
+    RescaledPPO,
+    TrulyPPO,
+    VariantPPO,
+)
 from sb3_ppo_variants.variant_ppo import KL_COEF_FLOOR, VARIANT_OPTIONS
 
 th.set_num_threads(1)
@@ -78,6 +87,8 @@ def test_presets_only_change_defaults():
         RescaledPPO: {"value_grad_rescaling": "smoothed"},
         SPOPPO: {"surrogate": "spo"},
         KLPenaltyPPO: {"surrogate": "unclipped", "kl_coef": 1.0},
+        TrulyPPO: {"kl_trust_region": 0.03, "peaked_policy_loss": 5.0},
+        DualClipPPO: {"dual_clip": 3.0},
     }
     base = VariantPPO("MlpPolicy", "CartPole-v1", _init_setup_model=False)
     for preset, changed in expected.items():
