@@ -659,18 +659,22 @@ class VariantPPO(PPO):
                     # SB3's exact expression, so that the default options reproduce PPO bit for bit
                     value_loss = F.mse_loss(rollout_data.returns, values_pred)
                     scaled_value_loss = value_loss
-                    value_loss_scales.append(1.0)
                 else:
-                    value_errors = (rollout_data.returns - values_pred) ** 2
-                    value_loss = value_errors.mean()
                     weight, pseudo_entropy_average = objectives.value_loss_weight(
                         self.value_grad_rescaling,
                         state_pseudo_entropy,
                         pseudo_entropy_average,
                         self.pseudo_entropy_smoothing,
                     )
-                    scaled_value_loss = (weight * value_errors).mean()
-                    value_loss_scales.append(weight.mean() if isinstance(weight, th.Tensor) else weight)
+                    if isinstance(weight, th.Tensor) and weight.dim() > 0:  # one weight per state
+                        value_errors = (rollout_data.returns - values_pred) ** 2
+                        value_loss = value_errors.mean()
+                        scaled_value_loss = (weight * value_errors).mean()
+                        value_loss_scales.append(weight.mean())
+                    else:  # one weight per minibatch: mean(w e) = w mean(e), one vector operation fewer
+                        value_loss = F.mse_loss(rollout_data.returns, values_pred)
+                        scaled_value_loss = weight * value_loss
+                        value_loss_scales.append(weight)
                 value_losses.append(value_loss.item())
 
                 if entropy is None:
@@ -743,7 +747,10 @@ class VariantPPO(PPO):
         if logits:
             pseudo_entropy = pseudo_entropy_from_parameters(self.policy.action_dist, th.cat(logits))
             self.logger.record("train/pseudo_entropy", pseudo_entropy.mean().item())
-        self.logger.record("train/value_loss_scale", th.as_tensor(value_loss_scales).mean().item())
+        value_loss_scale = 1.0
+        if value_loss_scales:
+            value_loss_scale = th.stack([th.as_tensor(scale) for scale in value_loss_scales]).mean().item()
+        self.logger.record("train/value_loss_scale", value_loss_scale)
         if self.uses_kl_penalty:
             self.logger.record("train/kl_coef", kl_coef)
         if last_epoch_kl is not None:
