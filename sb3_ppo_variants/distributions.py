@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.distributions import (
@@ -42,6 +43,23 @@ from sb3_ppo_variants.objectives import (
 )
 
 PROBABILITY_SPACES = (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+
+
+def distribution_parameter_size(action_space: spaces.Space) -> int:
+    """Width of ``distribution_parameters`` for SB3's distribution over this action space.
+
+    :param action_space: the environment's action space.
+    :return: ``n`` (Discrete, MultiBinary), ``Σ nvec`` (MultiDiscrete) or ``2 · dim`` (Box: mean and std).
+    """
+    if isinstance(action_space, spaces.Discrete):
+        return int(action_space.n)
+    if isinstance(action_space, spaces.MultiDiscrete):
+        return int(sum(action_space.nvec))
+    if isinstance(action_space, spaces.MultiBinary):
+        return int(np.prod(action_space.shape))
+    if isinstance(action_space, spaces.Box):
+        return 2 * int(np.prod(action_space.shape))
+    raise TypeError(f"no parameter layout for the action space {action_space}")
 
 
 def has_action_probabilities(action_space: spaces.Space) -> bool:
@@ -128,36 +146,3 @@ def exact_kl(old_parameters: th.Tensor, distribution: Distribution) -> th.Tensor
         old_mean, old_std = th.chunk(old_parameters, 2, dim=-1)
         return normal_kl(old_mean, old_std, current.mean, current.stddev).sum(dim=-1)
     raise TypeError(f"no exact KL for {type(current).__name__}")
-
-
-class RolloutKL:
-    """Exact ``KL(π_old ‖ π)`` for minibatches of one rollout.
-
-    Prepared once per update from the old parameters of the whole rollout. For categorical
-    policies the old log-probabilities, probabilities and ``Σ p log p`` are computed here once,
-    so each minibatch needs only ``Σ_a p_old(a) log p_old(a) − Σ_a p_old(a) log π(a)``.
-
-    :param old_parameters: ``distribution_parameters`` of the rollout policy, one row per sample.
-    :param action_dist: the policy's SB3 action distribution (decides the parameter layout).
-    """
-
-    def __init__(self, old_parameters: th.Tensor, action_dist: Distribution) -> None:
-        self.old_parameters = old_parameters
-        self.categorical = isinstance(action_dist, CategoricalDistribution)
-        if self.categorical:
-            self.old_log_probs = th.log_softmax(old_parameters, dim=-1)
-            self.old_probs = self.old_log_probs.exp()
-            self.old_negative_entropy = (self.old_probs * self.old_log_probs).sum(dim=-1)
-
-    def __call__(self, batch_indices: th.Tensor, distribution: Distribution) -> th.Tensor:
-        """Per-state KL for the samples ``batch_indices`` of the rollout.
-
-        :param batch_indices: flat buffer indices of the minibatch.
-        :param distribution: the current SB3 distribution for those samples, with gradient.
-        :return: KL with shape ``(batch,)``.
-        """
-        if self.categorical:
-            # torch's Categorical keeps normalised logits, i.e. log-probabilities
-            new_log_probs = distribution.distribution.logits  # type: ignore[union-attr]
-            return self.old_negative_entropy[batch_indices] - (self.old_probs[batch_indices] * new_log_probs).sum(-1)
-        return exact_kl(self.old_parameters[batch_indices], distribution)

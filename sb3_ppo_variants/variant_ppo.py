@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import math
 import numbers
-import weakref
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3 import PPO
-from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import (
     ActorCriticCnnPolicy,
@@ -24,14 +24,18 @@ from stable_baselines3.common.policies import (
     MultiInputActorCriticPolicy,
 )
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
-from stable_baselines3.common.utils import explained_variance
+from stable_baselines3.common.utils import FloatSchedule, explained_variance, obs_as_tensor
+from stable_baselines3.common.vec_env import VecEnv
+from torch import nn
 from torch.nn import functional as F
 
 from sb3_ppo_variants import objectives
+from sb3_ppo_variants.buffers import DictRolloutPolicyBuffer, RolloutPolicyBuffer, _RolloutPolicyRecord
 from sb3_ppo_variants.distributions import (
-    RolloutKL,
     action_pseudo_entropy,
+    distribution_parameter_size,
     distribution_parameters,
+    exact_kl,
     has_action_probabilities,
     pseudo_entropy_from_parameters,
 )
@@ -49,71 +53,15 @@ VARIANT_OPTIONS = (
     "kl_penalty_target",
     "kl_adapt_factor",
     "kl_adapt_tolerance",
+    "clip_range_high",
+    "dual_clip",
+    "kl_trust_region",
+    "ratio_change_limit",
+    "feature_drift_coef",
 )
 """The keyword-only options ``VariantPPO`` adds to ``PPO``, in constructor order."""
 KL_COEF_FLOOR = 1e-20
 """Smallest adapted ``β``: far below any useful penalty, far above float underflow."""
-
-
-class _RolloutDistributionRecorder:
-    """Rollout-buffer mixin for the exact KL penalty.
-
-    It keeps the rollout policy's distribution parameters beside each stored step (handed
-    over by a forward hook on the policy, so collecting them costs no extra forward pass)
-    and remembers the flat indices of the last minibatch, so those parameters can be
-    looked up for the samples of each minibatch.
-    """
-
-    last_batch_indices: np.ndarray | None = None
-    pending_distribution_parameters: th.Tensor | None = None
-    _step_distribution_parameters: list[th.Tensor | None]
-
-    def reset(self) -> None:
-        super().reset()  # type: ignore[misc]
-        self._step_distribution_parameters = []
-        self.pending_distribution_parameters = None
-
-    def add(self, *args: Any, **kwargs: Any) -> None:
-        self._step_distribution_parameters.append(self.pending_distribution_parameters)
-        self.pending_distribution_parameters = None
-        super().add(*args, **kwargs)  # type: ignore[misc]
-
-    def old_distribution_parameters(self) -> th.Tensor | None:
-        """Parameters recorded during the rollout, in the buffer's flat (env-major) order, or ``None``."""
-        recorded = self._step_distribution_parameters
-        n_steps = self.buffer_size  # type: ignore[attr-defined]
-        if len(recorded) != n_steps or any(step is None for step in recorded):
-            return None
-        stacked = th.stack(recorded)  # type: ignore[arg-type]  # (n_steps, n_envs, n_parameters)
-        # the same order as SB3's swap_and_flatten: index = env * n_steps + step
-        return stacked.transpose(0, 1).reshape(-1, stacked.shape[-1])
-
-    def _get_samples(self, batch_inds: np.ndarray, env: Any = None) -> Any:
-        self.last_batch_indices = batch_inds
-        return super()._get_samples(batch_inds, env)  # type: ignore[misc]
-
-
-class IndexedRolloutBuffer(_RolloutDistributionRecorder, RolloutBuffer):
-    """SB3's ``RolloutBuffer``, keeping the rollout policy's distribution parameters and minibatch indices."""
-
-
-class IndexedDictRolloutBuffer(_RolloutDistributionRecorder, DictRolloutBuffer):
-    """SB3's ``DictRolloutBuffer``, keeping the rollout policy's distribution parameters and minibatch indices."""
-
-
-class _RecordRolloutDistribution:
-    """Forward hook on the policy: ``policy(obs)`` is how SB3 samples actions while collecting a
-    rollout, and it leaves the distribution in ``policy.action_dist``. Holds the buffer weakly so
-    that copying or pickling the policy does not drag the algorithm along."""
-
-    def __init__(self, buffer: _RolloutDistributionRecorder) -> None:
-        self.buffer = weakref.ref(buffer)
-
-    def __call__(self, policy: th.nn.Module, inputs: Any, outputs: Any) -> None:
-        buffer = self.buffer()
-        distribution = getattr(policy, "action_dist", None)
-        if buffer is not None and isinstance(distribution, Distribution):
-            buffer.pending_distribution_parameters = distribution_parameters(distribution)
 
 
 def _allowed(values: tuple[Any, ...]) -> str:
@@ -125,6 +73,67 @@ def _clip_range_bounds(clip_range: float | Schedule) -> list[float]:
     if callable(clip_range):
         return [float(clip_range(1.0)), float(clip_range(0.0))]
     return [float(clip_range)]
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_clip_ranges(
+    clip_range: float | Schedule,
+    clip_range_high: float | Schedule | None = None,
+    delta_target_policy: str = "absolute",
+) -> None:
+    """Check clip ranges (numbers, or schedules at their start and end) where the maths needs it.
+
+    Every ``ε >= 0`` defines the absolute target and SPO (``ε = 0`` included, see
+    ``objectives.spo_surrogate``); the logit target needs ``ε < 1`` on both sides.
+
+    :raises ValueError: naming the argument, the allowed range and the values found.
+    """
+    for name, value in (("clip_range", clip_range), ("clip_range_high", clip_range_high)):
+        if value is None:
+            continue
+        bounds = _clip_range_bounds(value)
+        if not all(math.isfinite(epsilon) and epsilon >= 0.0 for epsilon in bounds):
+            raise ValueError(f"{name} must be a finite float >= 0 (or a schedule of such values), got {bounds}")
+        if delta_target_policy == "logit" and not all(epsilon < 1.0 for epsilon in bounds):
+            raise ValueError(
+                f"{name} must be in [0, 1) with delta_target_policy='logit' "
+                f"(the logit-space target needs 1 - {name} > 0), got {bounds}"
+            )
+
+
+def _last_hidden_layer(policy: BasePolicy) -> nn.Linear:
+    """The actor's last hidden ``Linear``: in its MLP head, else in its features extractor."""
+    for part in ("mlp_extractor.policy_net", "pi_features_extractor"):
+        module: Any = policy
+        for attribute in part.split("."):
+            module = getattr(module, attribute, None)
+        if isinstance(module, nn.Module):
+            linears = [layer for layer in module.modules() if isinstance(layer, nn.Linear)]
+            if linears:
+                return linears[-1]
+    raise ValueError(
+        "feature_drift_coef needs a policy whose actor has a hidden nn.Linear layer "
+        f"(in mlp_extractor.policy_net or the features extractor); {type(policy).__name__} has none"
+    )
+
+
+class _PreActivations:
+    """Keeps the output of one ``Linear`` layer from the last forward pass: PFO's ``φ(s)``.
+
+    It reads an activation the way feature-extraction utilities do; it carries nothing between the
+    rollout and the update (the buffer does that).
+    """
+
+    def __init__(self, layer: nn.Linear) -> None:
+        self.size = layer.out_features
+        self.output: th.Tensor | None = None
+        self.handle = layer.register_forward_hook(self)
+
+    def __call__(self, layer: nn.Module, inputs: Any, output: th.Tensor) -> None:
+        self.output = output
 
 
 class VariantPPO(PPO):
@@ -140,7 +149,12 @@ class VariantPPO(PPO):
     - a **restoring force** beyond the target: the peaked loss ``|A(π' − π)/π_old|`` or any slope
       ``α`` in ``[0, 1]`` (Truly PPO's rollback, Wang et al. 2019);
     - the **SPO surrogate** ``r A − |A|/(2ε)(r − 1)²`` (Xie et al., arXiv:2401.16025);
-    - the **adaptive KL penalty** ``r A − β KL(π_old ‖ π)`` of the PPO paper, section 4.
+    - the **adaptive KL penalty** ``r A − β KL(π_old ‖ π)`` of the PPO paper, section 4;
+    - **Clip-Higher** (Yu et al. 2025, arXiv:2503.14476): a separate upper clip range ``ε_high``;
+    - the **dual clip** ``max(min(r A, clip(r) A), c A)`` for ``A < 0`` (Ye et al. 2020, arXiv:1912.09729);
+    - the **KL-triggered trust region** of TR-PPO and Truly PPO (Wang et al. 2019, arXiv:1903.07940);
+    - **ratio-deviation early stopping** (ESPO, Sun et al. 2022, arXiv:2202.00079);
+    - **feature-drift regularisation** (PFO, Moalla et al. 2024, arXiv:2405.00662).
 
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, ...)
     :param env: The environment to learn from (if registered in Gym, can be str)
@@ -151,7 +165,9 @@ class VariantPPO(PPO):
     :param gamma: Discount factor
     :param gae_lambda: Factor for trade-off of bias vs variance for Generalized Advantage Estimator
     :param clip_range: Clipping parameter ``ε``, it can be a function of the current progress remaining (from 1 to 0).
-        It sets the target ratio of every surrogate and the curvature of SPO.
+        It sets the target ratio of every surrogate and the curvature of SPO; with ``clip_range_high`` it is the
+        lower range ``ε_low``. Any ``ε >= 0`` (``< 1`` for the logit target) is accepted, schedules ending at 0
+        included; the value used is checked at each update.
     :param clip_range_vf: Clipping parameter for the value function, as in ``PPO``
     :param normalize_advantage: Whether to normalize or not the advantage
     :param ent_coef: Entropy coefficient for the loss calculation
@@ -159,8 +175,9 @@ class VariantPPO(PPO):
     :param max_grad_norm: The maximum value for the gradient clipping
     :param use_sde: Whether to use generalized State Dependent Exploration (gSDE)
     :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE
-    :param rollout_buffer_class: Rollout buffer class to use. ``None`` selects SB3's buffer that records
-        minibatch indices (needed by the exact KL penalty).
+    :param rollout_buffer_class: Rollout buffer class to use. ``None`` selects ``RolloutPolicyBuffer`` (or its
+        ``Dict`` version), whose samples carry the rollout policy's distribution and features when an option
+        needs them (exact KL, PFO); such options require one of these two classes.
     :param rollout_buffer_kwargs: Keyword arguments to pass to the rollout buffer on creation
     :param target_kl: Limit the KL divergence between updates by stopping epochs early, as in ``PPO``
         (independent of the KL penalty)
@@ -189,6 +206,18 @@ class VariantPPO(PPO):
     :param kl_adapt_factor: ``β`` is multiplied or divided by this factor (> 1) once per rollout
     :param kl_adapt_tolerance: ``β`` changes when the last epoch's mean KL leaves
         ``[d_targ / tolerance, d_targ · tolerance]`` (tolerance > 1)
+    :param clip_range_high: ``ε_high`` of Clip-Higher: the target is ``1 + ε_high`` for ``A > 0`` and ``1 − ε_low``
+        for ``A < 0`` (in logit space with the logit target). ``None``: ``ε_high = ε_low``. A float or a schedule,
+        like ``clip_range``. Not with SPO, the unclipped surrogate or the KL trust region.
+    :param dual_clip: ``c > 1``: for ``A < 0`` and ``r > c`` the objective is the constant ``c A``. ``None`` disables
+        it. Only with ``surrogate="clipped"``.
+    :param kl_trust_region: per-state KL bound ``δ > 0`` of TR-PPO: a sample stops pulling once
+        ``KL(π_old ‖ π)(s) >= δ`` and ``r A > A``; with ``peaked_policy_loss = α > 0`` its objective there is
+        ``r A − α KL(s)`` (Truly PPO). Replaces the ratio clipping; ``None`` disables it.
+    :param ratio_change_limit: ESPO's threshold: stop the epochs once a minibatch's ``mean |r − 1|`` exceeds it
+        (``> 0``); ``None`` disables it. Independent of ``target_kl``.
+    :param feature_drift_coef: PFO's coefficient (``>= 0``) of ``mean((φ(s) − φ_old(s))²)``, ``φ`` the
+        pre-activations of the actor's last hidden layer, ``φ_old`` recorded during the rollout; 0 disables it.
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -235,6 +264,11 @@ class VariantPPO(PPO):
         kl_penalty_target: float = 0.01,
         kl_adapt_factor: float = 2.0,
         kl_adapt_tolerance: float = 1.5,
+        clip_range_high: float | Schedule | None = None,
+        dual_clip: float | None = None,
+        kl_trust_region: float | None = None,
+        ratio_change_limit: float | None = None,
+        feature_drift_coef: float = 0.0,
     ):
         super().__init__(
             policy,
@@ -273,6 +307,11 @@ class VariantPPO(PPO):
         self.kl_penalty_target = kl_penalty_target
         self.kl_adapt_factor = kl_adapt_factor
         self.kl_adapt_tolerance = kl_adapt_tolerance
+        self.clip_range_high = clip_range_high
+        self.dual_clip = dual_clip
+        self.kl_trust_region = kl_trust_region
+        self.ratio_change_limit = ratio_change_limit
+        self.feature_drift_coef = feature_drift_coef
         self.validate_options(
             action_space=getattr(self, "action_space", None),  # unset when load() builds the model without env
             clip_range=clip_range,
@@ -281,6 +320,7 @@ class VariantPPO(PPO):
         # Plain Python state lives here, not in _setup_model: load() calls _setup_model again
         # after restoring attributes and would reset it.
         self._pseudo_entropy_average: float | None = None
+        self._preactivations: _PreActivations | None = None
         if _init_setup_model:
             self._setup_model()
 
@@ -301,6 +341,11 @@ class VariantPPO(PPO):
         kl_penalty_target: float = 0.01,
         kl_adapt_factor: float = 2.0,
         kl_adapt_tolerance: float = 1.5,
+        clip_range_high: float | Schedule | None = None,
+        dual_clip: float | None = None,
+        kl_trust_region: float | None = None,
+        ratio_change_limit: float | None = None,
+        feature_drift_coef: float = 0.0,
     ) -> None:
         """Check the variant options; raise ``ValueError`` naming the argument and what is allowed.
 
@@ -311,11 +356,7 @@ class VariantPPO(PPO):
             raise ValueError(
                 f"value_grad_rescaling must be one of {_allowed(VALUE_GRAD_RESCALINGS)}, got {value_grad_rescaling!r}"
             )
-        if (
-            isinstance(pseudo_entropy_smoothing, bool)
-            or not isinstance(pseudo_entropy_smoothing, numbers.Real)
-            or not 0.0 <= pseudo_entropy_smoothing < 1.0
-        ):
+        if not _is_real(pseudo_entropy_smoothing) or not 0.0 <= pseudo_entropy_smoothing < 1.0:
             raise ValueError(f"pseudo_entropy_smoothing must be a float in [0, 1), got {pseudo_entropy_smoothing!r}")
         if delta_target_policy not in objectives.DELTA_TARGET_POLICIES:
             raise ValueError(
@@ -324,41 +365,56 @@ class VariantPPO(PPO):
             )
         if surrogate not in objectives.SURROGATES:
             raise ValueError(f"surrogate must be one of {_allowed(objectives.SURROGATES)}, got {surrogate!r}")
-        if not isinstance(peaked_policy_loss, bool):
-            if (
-                not isinstance(peaked_policy_loss, numbers.Real)
-                or math.isnan(peaked_policy_loss)
-                or not 0.0 <= peaked_policy_loss <= 1.0
-            ):
-                raise ValueError(
-                    f"peaked_policy_loss must be False, True or a float in [0, 1] (the restoring slope), "
-                    f"got {peaked_policy_loss!r}"
-                )
-        if surrogate != "clipped" and objectives.restoring_slope(peaked_policy_loss) > 0.0:
-            raise ValueError(
-                f"peaked_policy_loss shapes the clipped surrogate; with surrogate={surrogate!r} it must be False, "
-                f"got {peaked_policy_loss!r}"
-            )
-        for name, value, low, inclusive in (
+        bounded: tuple[tuple[str, Any, float, bool], ...] = (
             ("kl_coef", kl_coef, 0.0, True),
             ("kl_penalty_target", kl_penalty_target, 0.0, False),
             ("kl_adapt_factor", kl_adapt_factor, 1.0, False),
             ("kl_adapt_tolerance", kl_adapt_tolerance, 1.0, False),
-        ):
-            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-            ok = ok and (value >= low if inclusive else value > low)
-            if not ok:
+            ("feature_drift_coef", feature_drift_coef, 0.0, True),
+            ("dual_clip", dual_clip, 1.0, False),
+            ("kl_trust_region", kl_trust_region, 0.0, False),
+            ("ratio_change_limit", ratio_change_limit, 0.0, False),
+        )
+        for name, value, low, inclusive in bounded:
+            optional = name in ("dual_clip", "kl_trust_region", "ratio_change_limit")
+            if optional and value is None:
+                continue
+            if not (_is_real(value) and (value >= low if inclusive else value > low)):
                 bound = f">= {low:g}" if inclusive else f"> {low:g}"
-                raise ValueError(f"{name} must be a finite float {bound}, got {value!r}")
+                allowed = f"None or a finite float {bound}" if optional else f"a finite float {bound}"
+                raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
-        bounds = _clip_range_bounds(clip_range)
-        if surrogate == "spo" and not all(epsilon > 0.0 for epsilon in bounds):
-            raise ValueError(f"clip_range must be > 0 with surrogate='spo' (it divides the penalty), got {bounds}")
-        if delta_target_policy == "logit" and not all(0.0 < epsilon < 1.0 for epsilon in bounds):
-            raise ValueError(
-                f"clip_range must be in (0, 1) with delta_target_policy='logit' "
-                f"(the logit-space target needs 1 - clip_range > 0), got {bounds}"
-            )
+        # decoded once, here and in restoring_slope
+        alpha = objectives.restoring_slope(peaked_policy_loss, kl_trust_region=kl_trust_region is not None)
+        clipped_only = {
+            "peaked_policy_loss": (alpha > 0.0, peaked_policy_loss, "False", "it shapes the clipped surrogate"),
+            "dual_clip": (dual_clip is not None, dual_clip, "None", "it bounds the clipped surrogate"),
+            "kl_trust_region": (kl_trust_region is not None, kl_trust_region, "None", "it clips by a KL bound"),
+            "clip_range_high": (
+                clip_range_high is not None,
+                clip_range_high,
+                "None",
+                "SPO's penalty has one curvature |A|/ε and the unclipped surrogate no target",
+            ),
+        }
+        for name, (requested, shown, default, reason) in clipped_only.items():
+            if requested and surrogate != "clipped":
+                raise ValueError(
+                    f"{name} needs surrogate='clipped' ({reason}); with surrogate={surrogate!r} it must be {default}, "
+                    f"got {shown!r}"
+                )
+        if kl_trust_region is not None:
+            if delta_target_policy != "absolute":
+                raise ValueError(
+                    "kl_trust_region replaces the ratio target by a KL bound; with it delta_target_policy must be "
+                    f"'absolute', got {delta_target_policy!r}"
+                )
+            if clip_range_high is not None:
+                raise ValueError(
+                    "kl_trust_region replaces the ratio clipping by a KL bound; with it clip_range_high must be None, "
+                    f"got {clip_range_high!r}"
+                )
+        check_clip_ranges(clip_range, clip_range_high, delta_target_policy)
 
         if action_space is not None and not has_action_probabilities(action_space):
             needs_probabilities = {
@@ -375,31 +431,141 @@ class VariantPPO(PPO):
 
     def _setup_model(self) -> None:
         if self.rollout_buffer_class is None:
-            self.rollout_buffer_class = (
-                IndexedDictRolloutBuffer if isinstance(self.observation_space, spaces.Dict) else IndexedRolloutBuffer
-            )
+            dict_observations = isinstance(self.observation_space, spaces.Dict)
+            self.rollout_buffer_class = DictRolloutPolicyBuffer if dict_observations else RolloutPolicyBuffer
         super()._setup_model()
-        if self.uses_kl_penalty and isinstance(self.rollout_buffer, _RolloutDistributionRecorder):
-            self.policy.register_forward_hook(_RecordRolloutDistribution(self.rollout_buffer))
+        # derived from the saved raw value, so rebuilt by load() like SB3's clip_range schedule
+        self._clip_range_high_schedule = None if self.clip_range_high is None else FloatSchedule(self.clip_range_high)
+        self._preactivations = None
+        if self.feature_drift_coef > 0.0:
+            self._preactivations = _PreActivations(_last_hidden_layer(self.policy))
+        if self.records_rollout_policy:
+            if not isinstance(self.rollout_buffer, _RolloutPolicyRecord):
+                raise ValueError(
+                    "the exact KL (kl_coef > 0 or kl_trust_region) and feature_drift_coef need a rollout buffer whose "
+                    "samples carry the rollout policy's data: rollout_buffer_class must be None, RolloutPolicyBuffer "
+                    f"or DictRolloutPolicyBuffer, got {self.rollout_buffer_class.__name__}"
+                )
+            self.rollout_buffer.resize_records(
+                distribution_parameter_size(self.action_space) if self.uses_exact_kl else 0,
+                self._preactivations.size if self._preactivations is not None else 0,
+            )
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_preactivations", "_clip_range_high_schedule"]
 
     @property
     def restoring_slope(self) -> float:
-        """``α``, the slope of the clipped surrogate beyond the target (0 for PPO)."""
-        return objectives.restoring_slope(self.peaked_policy_loss)
+        """``α``: the slope beyond the ratio target, or the KL rollback coefficient with ``kl_trust_region``."""
+        return objectives.restoring_slope(self.peaked_policy_loss, kl_trust_region=self.kl_trust_region is not None)
 
     @property
     def uses_kl_penalty(self) -> bool:
         """Whether the adaptive KL penalty is on."""
         return self.kl_coef > 0.0
 
+    @property
+    def uses_exact_kl(self) -> bool:
+        """Whether the update computes the exact per-state ``KL(π_old ‖ π)`` (penalty or trust region)."""
+        return self.uses_kl_penalty or self.kl_trust_region is not None
+
+    @property
+    def records_rollout_policy(self) -> bool:
+        """Whether the rollout buffer records the rollout policy's distribution or features."""
+        return self.uses_exact_kl or self.feature_drift_coef > 0.0
+
+    def _rollout_policy_record(self) -> dict[str, th.Tensor | None]:
+        """What the forward pass that just picked the actions computed, for ``RolloutPolicyBuffer.add``."""
+        return {
+            "old_distribution": distribution_parameters(self.policy.action_dist) if self.uses_exact_kl else None,
+            "old_features": None if self._preactivations is None else self._preactivations.output,
+        }
+
+    def collect_rollouts(
+        self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
+    ) -> bool:
+        """SB3's ``collect_rollouts``; when an option needs them, the rollout policy's distribution parameters
+        and features are handed to ``rollout_buffer.add`` with each step (as sb3-contrib's MaskablePPO hands
+        over ``action_masks``). Without such an option SB3's own method runs."""
+        if not self.records_rollout_policy:
+            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+        assert self._last_obs is not None, "No previous observation was provided"
+        self.policy.set_training_mode(False)
+        n_steps = 0
+        rollout_buffer.reset()
+        if self.use_sde:
+            self.policy.reset_noise(env.num_envs)
+        callback.on_rollout_start()
+        while n_steps < n_rollout_steps:
+            if self.use_sde and self.sde_sample_freq > 0 and n_steps % self.sde_sample_freq == 0:
+                self.policy.reset_noise(env.num_envs)
+            with th.no_grad():
+                obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
+                actions, values, log_probs = self.policy(obs_tensor)
+                record = self._rollout_policy_record()
+            actions = actions.cpu().numpy()
+            clipped_actions = actions
+            if isinstance(self.action_space, spaces.Box):
+                if self.policy.squash_output:
+                    clipped_actions = self.policy.unscale_action(clipped_actions)
+                else:
+                    clipped_actions = np.clip(actions, self.action_space.low, self.action_space.high)
+            new_obs, rewards, dones, infos = env.step(clipped_actions)
+            self.num_timesteps += env.num_envs
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
+            self._update_info_buffer(infos, dones)
+            n_steps += 1
+            if isinstance(self.action_space, spaces.Discrete):
+                actions = actions.reshape(-1, 1)
+            # timeouts bootstrap with the value function (SB3 GH issue #633)
+            for idx, done in enumerate(dones):
+                if (
+                    done
+                    and infos[idx].get("terminal_observation") is not None
+                    and infos[idx].get("TimeLimit.truncated", False)
+                ):
+                    terminal_obs = self.policy.obs_to_tensor(infos[idx]["terminal_observation"])[0]
+                    with th.no_grad():
+                        terminal_value = self.policy.predict_values(terminal_obs)[0]  # type: ignore[arg-type]
+                    rewards[idx] += self.gamma * terminal_value
+            rollout_buffer.add(
+                self._last_obs,  # type: ignore[arg-type]
+                actions,
+                rewards,
+                self._last_episode_starts,  # type: ignore[arg-type]
+                values,
+                log_probs,
+                **record,
+            )
+            self._last_obs = new_obs  # type: ignore[assignment]
+            self._last_episode_starts = dones
+        with th.no_grad():
+            values = self.policy.predict_values(obs_as_tensor(new_obs, self.device))  # type: ignore[arg-type]
+        rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+        callback.update_locals(locals())
+        callback.on_rollout_end()
+        return True
+
     def _surrogate_loss(
-        self, ratio: th.Tensor, target: th.Tensor, advantages: th.Tensor, clip_range: float
+        self,
+        ratio: th.Tensor,
+        target: th.Tensor,
+        advantages: th.Tensor,
+        clip_range: float,
+        kl: th.Tensor | None,
     ) -> th.Tensor:
+        if self.kl_trust_region is not None:
+            assert kl is not None
+            return objectives.kl_trust_region_surrogate(
+                ratio, advantages, kl, self.kl_trust_region, self.restoring_slope, self.dual_clip
+            )
         if self.surrogate == "spo":
             return objectives.spo_surrogate(ratio, target, advantages, clip_range)
         if self.surrogate == "unclipped":
             return objectives.unclipped_surrogate(ratio, advantages)
-        return objectives.clipped_surrogate(ratio, target, advantages, self.restoring_slope)
+        return objectives.clipped_surrogate(ratio, target, advantages, self.restoring_slope, self.dual_clip)
 
     def _current_distribution(self, observations: Any, batch_size: int) -> Distribution:
         """The action distribution set by the last ``evaluate_actions`` call.
@@ -414,77 +580,23 @@ class VariantPPO(PPO):
             return distribution
         return self.policy.get_distribution(observations)
 
-    def _scaled_value_loss(
-        self, value_errors: th.Tensor, state_pseudo_entropy: th.Tensor | None
-    ) -> tuple[th.Tensor, float]:
-        """Value loss with the seed's pseudo-entropy rescaling, and the factor applied (mean factor per state)."""
-        if self.value_grad_rescaling is None or state_pseudo_entropy is None:
-            return value_errors.mean(), 1.0
-        weights = state_pseudo_entropy.detach()
-        if self.value_grad_rescaling == "per_state":
-            return (weights * value_errors).mean(), weights.mean().item()
-        batch_mean = weights.mean().item()
-        if self.value_grad_rescaling == "per_batch":
-            return batch_mean * value_errors.mean(), batch_mean
-        # "smoothed": exponential average of minibatch means, carried across minibatches, epochs and rollouts
-        if self._pseudo_entropy_average is None:
-            self._pseudo_entropy_average = batch_mean
-        else:
-            smoothing = self.pseudo_entropy_smoothing
-            self._pseudo_entropy_average = smoothing * self._pseudo_entropy_average + (1.0 - smoothing) * batch_mean
-        return self._pseudo_entropy_average * value_errors.mean(), self._pseudo_entropy_average
-
-    def _old_distribution_parameters(self) -> th.Tensor:
-        """Parameters of the rollout policy's action distribution for every sample of the buffer.
-
-        Normally recorded while the rollout was collected. When they were not (a buffer filled
-        by other code), the policy has not changed since the rollout was collected, so one forward
-        pass without gradient gives ``π_old`` exactly. The rows follow the buffer's flat order.
-        """
-        buffer = self.rollout_buffer
-        if not isinstance(buffer, _RolloutDistributionRecorder):
-            raise TypeError(
-                "the exact KL penalty needs a rollout buffer that records minibatch indices "
-                "(IndexedRolloutBuffer or IndexedDictRolloutBuffer)"
-            )
-        recorded = buffer.old_distribution_parameters()
-        if recorded is not None:
-            return recorded.to(self.device)
-        return self._evaluate_old_distribution_parameters(buffer)
-
-    def _evaluate_old_distribution_parameters(self, buffer: Any) -> th.Tensor:
-        full = next(iter(buffer.get(batch_size=None)))
-        order = th.as_tensor(buffer.last_batch_indices, device=self.device)
-        n_samples = len(order)
-        chunks = []
-        with th.no_grad():
-            for start in range(0, n_samples, self.batch_size):
-                end = start + self.batch_size
-                if isinstance(full.observations, dict):
-                    observations = {key: value[start:end] for key, value in full.observations.items()}
-                else:
-                    observations = full.observations[start:end]
-                chunks.append(distribution_parameters(self.policy.get_distribution(observations)))
-        shuffled = th.cat(chunks)
-        parameters = th.empty_like(shuffled)
-        parameters[order] = shuffled
-        return parameters
-
     def train(self) -> None:
         """Update policy using the currently gathered rollout buffer (one forward pass per minibatch)."""
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
-        clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
-        self.validate_options(
-            clip_range=clip_range, delta_target_policy=self.delta_target_policy, surrogate=self.surrogate
-        )
+        progress = self._current_progress_remaining
+        clip_range = self.clip_range(progress)  # type: ignore[operator]
+        clip_range_high = None
+        if self._clip_range_high_schedule is not None:
+            clip_range_high = self._clip_range_high_schedule(progress)
+        # a schedule is checked at its ends at construction; this is the value this update uses
+        check_clip_ranges(clip_range, clip_range_high, self.delta_target_policy)
         if self.clip_range_vf is not None:
-            clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
+            clip_range_vf = self.clip_range_vf(progress)  # type: ignore[operator]
         probabilities = has_action_probabilities(self.action_space)
-        rollout_kl = (
-            RolloutKL(self._old_distribution_parameters(), self.policy.action_dist) if self.uses_kl_penalty else None
-        )
         kl_coef = self.kl_coef
+        # the running mean stays a tensor during the update (no sync per minibatch) and a float between updates
+        pseudo_entropy_average: th.Tensor | float | None = self._pseudo_entropy_average
 
         entropy_losses, pg_losses, value_losses = [], [], []
         # detached tensors, read once after the epochs instead of one sync per minibatch
@@ -493,13 +605,14 @@ class VariantPPO(PPO):
         normalized_advantages: list[th.Tensor] = []
         logits: list[th.Tensor] = []
         grad_norms: list[th.Tensor] = []
-        value_loss_scales: list[float] = []
-        kl_divs: list[th.Tensor] = []
+        value_loss_scales: list[th.Tensor | float] = []
+        state_kls: list[th.Tensor] = []
+        feature_drifts: list[th.Tensor] = []
 
         continue_training = True
         for epoch in range(self.n_epochs):
             approx_kl_divs = []
-            kl_divs = []
+            state_kls = []
             for rollout_data in self.rollout_buffer.get(self.batch_size):
                 actions = rollout_data.actions
                 if isinstance(self.action_space, spaces.Discrete):
@@ -512,20 +625,25 @@ class VariantPPO(PPO):
                 if self.normalize_advantage and len(advantages) > 1:
                     advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
-                ratio = th.exp(log_prob - rollout_data.old_log_prob)
+                distribution: Distribution | None = None
+                if probabilities or self.uses_exact_kl:
+                    distribution = self._current_distribution(rollout_data.observations, len(advantages))
+                kl = None
+                if self.uses_exact_kl and distribution is not None:
+                    kl = exact_kl(rollout_data.old_distribution, distribution)  # type: ignore[attr-defined]
+                    state_kls.append(kl.detach())
+
+                ratio = objectives.probability_ratio(log_prob, rollout_data.old_log_prob)
                 target = objectives.target_ratio(
-                    rollout_data.old_log_prob, advantages, clip_range, self.delta_target_policy
+                    rollout_data.old_log_prob, advantages, clip_range, self.delta_target_policy, clip_range_high
                 )
-                policy_loss = self._surrogate_loss(ratio, target, advantages, clip_range)
+                policy_loss = self._surrogate_loss(ratio, target, advantages, clip_range, kl)
                 pg_losses.append(policy_loss.item())
                 ratios.append(ratio.detach())
                 targets.append(target)
                 normalized_advantages.append(advantages.detach())
 
-                distribution: Distribution | None = None
                 state_pseudo_entropy = None
-                if probabilities or self.uses_kl_penalty:
-                    distribution = self._current_distribution(rollout_data.observations, len(advantages))
                 if probabilities and distribution is not None:
                     logits.append(distribution_parameters(distribution))
                     if self.value_grad_rescaling is not None:
@@ -540,13 +658,24 @@ class VariantPPO(PPO):
                 if self.value_grad_rescaling is None:
                     # SB3's exact expression, so that the default options reproduce PPO bit for bit
                     value_loss = F.mse_loss(rollout_data.returns, values_pred)
-                    scaled_value_loss, value_loss_scale = value_loss, 1.0
+                    scaled_value_loss = value_loss
                 else:
-                    value_errors = (rollout_data.returns - values_pred) ** 2
-                    value_loss = value_errors.mean()
-                    scaled_value_loss, value_loss_scale = self._scaled_value_loss(value_errors, state_pseudo_entropy)
+                    weight, pseudo_entropy_average = objectives.value_loss_weight(
+                        self.value_grad_rescaling,
+                        state_pseudo_entropy,
+                        pseudo_entropy_average,
+                        self.pseudo_entropy_smoothing,
+                    )
+                    if isinstance(weight, th.Tensor) and weight.dim() > 0:  # one weight per state
+                        value_errors = (rollout_data.returns - values_pred) ** 2
+                        value_loss = value_errors.mean()
+                        scaled_value_loss = (weight * value_errors).mean()
+                        value_loss_scales.append(weight.mean())
+                    else:  # one weight per minibatch: mean(w e) = w mean(e), one vector operation fewer
+                        value_loss = F.mse_loss(rollout_data.returns, values_pred)
+                        scaled_value_loss = weight * value_loss
+                        value_loss_scales.append(weight)
                 value_losses.append(value_loss.item())
-                value_loss_scales.append(value_loss_scale)
 
                 if entropy is None:
                     entropy_loss = -th.mean(-log_prob)
@@ -555,12 +684,12 @@ class VariantPPO(PPO):
                 entropy_losses.append(entropy_loss.item())
 
                 loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * scaled_value_loss
-
-                if rollout_kl is not None and distribution is not None:
-                    batch_indices = self.rollout_buffer.last_batch_indices  # type: ignore[attr-defined]
-                    kl = rollout_kl(th.as_tensor(batch_indices, device=self.device), distribution).mean()
-                    kl_divs.append(kl.detach())
-                    loss = loss + kl_coef * kl
+                if self.uses_kl_penalty and kl is not None:
+                    loss = loss + kl_coef * kl.mean()
+                if self._preactivations is not None:
+                    drift = objectives.feature_drift(self._preactivations.output, rollout_data.old_features)  # type: ignore[arg-type, attr-defined]
+                    feature_drifts.append(drift.detach())
+                    loss = loss + self.feature_drift_coef * drift
 
                 with th.no_grad():
                     approx_kl_div = objectives.approx_kl(log_prob, rollout_data.old_log_prob).cpu().numpy()
@@ -571,6 +700,13 @@ class VariantPPO(PPO):
                     if self.verbose >= 1:
                         print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
                     break
+                if self.ratio_change_limit is not None:
+                    change = objectives.ratio_change(ratio).item()
+                    if change > self.ratio_change_limit:
+                        continue_training = False
+                        if self.verbose >= 1:
+                            print(f"Early stopping at step {epoch} due to reaching max mean |r - 1|: {change:.3f}")
+                        break
 
                 self.policy.optimizer.zero_grad()
                 loss.backward()
@@ -582,11 +718,14 @@ class VariantPPO(PPO):
             if not continue_training:
                 break
 
-        if self.uses_kl_penalty and kl_divs:
+        if pseudo_entropy_average is not None:
+            self._pseudo_entropy_average = float(pseudo_entropy_average)
+        last_epoch_kl = th.cat(state_kls) if state_kls else None
+        if self.uses_kl_penalty and last_epoch_kl is not None:
             # Once per rollout, from the last epoch's mean KL: per-minibatch adaptation is unstable.
             adapted = objectives.adapt_kl_coef(
                 self.kl_coef,
-                th.stack(kl_divs).mean().item(),
+                last_epoch_kl.mean().item(),
                 self.kl_penalty_target,
                 self.kl_adapt_factor,
                 self.kl_adapt_tolerance,
@@ -600,12 +739,7 @@ class VariantPPO(PPO):
         self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
         self.logger.record("train/value_loss", np.mean(value_losses))
         self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
-        # diagnostics over all samples of the update, in a few vectorised operations
-        clip_fraction, ratio_deviation = objectives.target_statistics(
-            th.cat(ratios), th.cat(targets), th.cat(normalized_advantages)
-        ).tolist()
-        self.logger.record("train/clip_fraction", clip_fraction)
-        self.logger.record("train/ratio_deviation", ratio_deviation)
+        self._record_trust_region(ratios, targets, normalized_advantages, clip_range, clip_range_high)
         self.logger.record("train/loss", loss.item())
         self.logger.record("train/explained_variance", explained_var)
         if grad_norms:
@@ -613,36 +747,77 @@ class VariantPPO(PPO):
         if logits:
             pseudo_entropy = pseudo_entropy_from_parameters(self.policy.action_dist, th.cat(logits))
             self.logger.record("train/pseudo_entropy", pseudo_entropy.mean().item())
-        self.logger.record("train/value_loss_scale", np.mean(value_loss_scales))
-        if self.restoring_slope > 0.0:
-            # the samples past the target are exactly those the restoring force acts on
-            self.logger.record("train/restoring_fraction", clip_fraction)
+        value_loss_scale = 1.0
+        if value_loss_scales:
+            value_loss_scale = th.stack([th.as_tensor(scale) for scale in value_loss_scales]).mean().item()
+        self.logger.record("train/value_loss_scale", value_loss_scale)
         if self.uses_kl_penalty:
             self.logger.record("train/kl_coef", kl_coef)
-            if kl_divs:
-                self.logger.record("train/kl", th.stack(kl_divs).mean().item())
+        if last_epoch_kl is not None:
+            self.logger.record("train/kl", last_epoch_kl.mean().item())
+            self.logger.record("train/kl_p95", th.quantile(last_epoch_kl.double(), 0.95).item())
+            if self.kl_trust_region is not None:
+                beyond = (last_epoch_kl >= self.kl_trust_region).double().mean()
+                self.logger.record("train/kl_beyond_bound_fraction", beyond.item())
+        if feature_drifts:
+            self.logger.record("train/feature_drift", th.stack(feature_drifts).mean().item())
         if hasattr(self.policy, "log_std"):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
 
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/clip_range", clip_range)
+        if clip_range_high is not None:
+            self.logger.record("train/clip_range_high", clip_range_high)
         if self.clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
+
+    def _record_trust_region(
+        self,
+        ratios: list[th.Tensor],
+        targets: list[th.Tensor],
+        advantages: list[th.Tensor],
+        clip_range: float,
+        clip_range_high: float | None,
+    ) -> None:
+        """The update's trust-region health, in a few vectorised operations over all its samples.
+
+        Fractions are means of minibatch means, as SB3 computes ``clip_fraction``, so that key is SB3's number.
+        """
+        ratio = th.cat(ratios)
+        columns = objectives.trust_region_statistics(
+            ratio, th.cat(targets), th.cat(advantages), clip_range, clip_range_high
+        )
+        sizes = [len(minibatch) for minibatch in ratios]
+        if len(set(sizes)) == 1:
+            minibatch_means = columns.view(len(sizes), sizes[0], -1).mean(dim=1)
+        else:
+            minibatch_means = th.stack([chunk.mean(dim=0) for chunk in th.split(columns, sizes)])
+        clip_fraction = (minibatch_means[:, 0] + minibatch_means[:, 1]).double().mean()
+        high, low, past_target, target_deviation, change = minibatch_means.double().mean(dim=0).tolist()
+        self.logger.record("train/clip_fraction", clip_fraction.item())
+        self.logger.record("train/clip_high_fraction", high)
+        self.logger.record("train/clip_low_fraction", low)
+        self.logger.record("train/past_target_fraction", past_target)
+        self.logger.record("train/ratio_deviation", target_deviation)
+        self.logger.record("train/ratio_change", change)
+        self.logger.record("train/ratio_max", ratio.max().item())
+        self.logger.record("train/ratio_min", ratio.min().item())
 
     def learn(
         self: SelfVariantPPO,
         total_timesteps: int,
         callback: Any = None,
         log_interval: int = 1,
-        tb_log_name: str = "VariantPPO",
+        tb_log_name: str | None = None,
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
     ) -> SelfVariantPPO:
+        """SB3's ``learn``; the TensorBoard run is named after the class (``LogitPPO_1``) unless given."""
         return super().learn(
             total_timesteps=total_timesteps,
             callback=callback,
             log_interval=log_interval,
-            tb_log_name=tb_log_name,
+            tb_log_name=type(self).__name__ if tb_log_name is None else tb_log_name,
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
         )
@@ -702,3 +877,28 @@ class KLPenaltyPPO(VariantPPO):
 
     def __init__(self, *args: Any, surrogate: str = "unclipped", kl_coef: float = 1.0, **kwargs: Any) -> None:
         super().__init__(*args, surrogate=surrogate, kl_coef=kl_coef, **kwargs)
+
+
+class TrulyPPO(VariantPPO):
+    """Truly PPO (TR-PPO-RB, Wang et al. 2019, arXiv:1903.07940): KL-triggered clipping with rollback.
+
+    A sample whose state has left the trust region ``KL(π_old ‖ π)(s) >= δ`` while ``r A > A`` gets the
+    objective ``r A − α KL(s)``; every other sample keeps ``r A``. The KL is exact and per state.
+    Defaults ``kl_trust_region=δ=0.03`` and ``peaked_policy_loss=α=5``; ``peaked_policy_loss=False`` gives TR-PPO.
+    Takes every argument of ``VariantPPO``; only the defaults change.
+    """
+
+    def __init__(
+        self, *args: Any, kl_trust_region: float | None = 0.03, peaked_policy_loss: bool | float = 5.0, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, kl_trust_region=kl_trust_region, peaked_policy_loss=peaked_policy_loss, **kwargs)
+
+
+class DualClipPPO(VariantPPO):
+    """Dual-clip PPO (Ye et al. 2020, arXiv:1912.09729, eq. 5): ``max(min(r A, clip(r) A), c A)`` for ``A < 0``.
+
+    Default ``dual_clip=c=3``, the paper's value. Takes every argument of ``VariantPPO``; only the default changes.
+    """
+
+    def __init__(self, *args: Any, dual_clip: float | None = 3.0, **kwargs: Any) -> None:
+        super().__init__(*args, dual_clip=dual_clip, **kwargs)

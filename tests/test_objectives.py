@@ -16,17 +16,35 @@ from sb3_ppo_variants.objectives import (
     adapt_kl_coef,
     approx_kl,
     bernoulli_pseudo_entropy,
+    clipped_surrogate,
     joint_pseudo_entropy,
-    policy_loss,
+    probability_ratio,
     pseudo_entropy,
     restoring_slope,
-    spo_policy_loss,
+    spo_surrogate,
     target_ratio,
-    target_statistics,
-    unclipped_policy_loss,
+    trust_region_statistics,
+    unclipped_surrogate,
 )
 
 th.set_default_dtype(th.float32)
+
+
+# the surrogates composed from log-probabilities, as train() composes them
+def policy_loss(log_prob, old_log_prob, adv, eps, delta_target_policy="absolute", peaked_policy_loss=False):
+    target = target_ratio(old_log_prob, adv, eps, delta_target_policy)
+    return clipped_surrogate(
+        probability_ratio(log_prob, old_log_prob), target, adv, restoring_slope(peaked_policy_loss)
+    )
+
+
+def spo_policy_loss(log_prob, old_log_prob, adv, eps, delta_target_policy="absolute"):
+    target = target_ratio(old_log_prob, adv, eps, delta_target_policy)
+    return spo_surrogate(probability_ratio(log_prob, old_log_prob), target, adv, eps)
+
+
+def unclipped_policy_loss(log_prob, old_log_prob, adv):
+    return unclipped_surrogate(probability_ratio(log_prob, old_log_prob), adv)
 
 
 def _t(values, dtype=th.float32, requires_grad=False):
@@ -187,12 +205,19 @@ def test_restoring_slope_mapping_and_bounds():
             restoring_slope(bad)
 
 
-def test_target_statistics_count_samples_past_the_target():
+def test_trust_region_statistics_per_sample():
     ratio = _t(RATIO)
     target = target_ratio(th.zeros(4), _t(ADV), EPS)
-    clip_fraction, ratio_deviation = target_statistics(ratio, target, _t(ADV)).tolist()
-    assert clip_fraction == pytest.approx(0.5)
-    assert ratio_deviation == pytest.approx((0.1 + 0.3 + 0.1 + 0.3) / 4, abs=1e-6)
+    columns = trust_region_statistics(ratio, target, _t(ADV), EPS)
+    above, below, past_target, target_deviation, change = columns.T.tolist()
+    assert above == [0.0, 1.0, 0.0, 0.0] and below == [0.0, 0.0, 0.0, 1.0]
+    assert past_target == [0.0, 1.0, 0.0, 1.0]
+    np.testing.assert_allclose(target_deviation, [0.1, 0.3, 0.1, 0.3], atol=1e-6)
+    np.testing.assert_allclose(change, [0.1, 0.5, 0.1, 0.5], atol=1e-6)
+    # SB3's clip fraction, |r − 1| > ε
+    assert (columns[:, 0] + columns[:, 1]).mean().item() == th.mean((th.abs(ratio - 1) > EPS).float()).item()
+    # asymmetric: 1.5 is inside 1 + ε_high = 1.6
+    assert trust_region_statistics(ratio, target, _t(ADV), EPS, 0.6)[:, 0].tolist() == [0.0] * 4
 
 
 # --------------------------------------------------------------------------- SPO
@@ -371,27 +396,3 @@ def test_closed_form_kls_match_torch_distributions():
     s0, s1 = a.exp(), b.exp()
     th.testing.assert_close(normal_kl(b, s0, a, s1), kl_divergence(Normal(b, s0), Normal(a, s1)))
     assert categorical_kl(a, a).abs().max().item() < 1e-12
-
-
-def test_rollout_kl_fast_path_matches_the_general_kl():
-    from stable_baselines3.common.distributions import CategoricalDistribution
-
-    from sb3_ppo_variants.distributions import RolloutKL, distribution_parameters, exact_kl
-
-    gen = th.Generator().manual_seed(2)
-    dist = CategoricalDistribution(4)
-    dist.proba_distribution(th.randn(10, 4, generator=gen))
-    old = distribution_parameters(dist)
-    dist.proba_distribution(th.randn(10, 4, generator=gen))
-    indices = th.tensor([7, 2, 2, 9])
-    kl = RolloutKL(old, dist)
-    assert kl.categorical
-    th.testing.assert_close(kl(indices, _subset(dist, indices)), exact_kl(old[indices], _subset(dist, indices)))
-
-
-def _subset(dist, indices):
-    import copy
-
-    subset = copy.copy(dist)
-    subset.proba_distribution(dist.distribution.logits[indices])
-    return subset

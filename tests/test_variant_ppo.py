@@ -18,7 +18,16 @@ from stable_baselines3.common.envs import (
 )
 from stable_baselines3.common.logger import configure
 
-from sb3_ppo_variants import SPOPPO, KLPenaltyPPO, LogitPPO, PeakedPPO, RescaledPPO, VariantPPO
+from sb3_ppo_variants import (
+    SPOPPO,
+    DualClipPPO,
+    KLPenaltyPPO,
+    LogitPPO,
+    PeakedPPO,
+    RescaledPPO,
+    TrulyPPO,
+    VariantPPO,
+)
 from sb3_ppo_variants.variant_ppo import KL_COEF_FLOOR, VARIANT_OPTIONS
 
 th.set_num_threads(1)
@@ -56,6 +65,8 @@ def test_default_options_reproduce_sb3_ppo(env_id, extra):
         "train/approx_kl",
     ):
         assert variant.logger.name_to_value[key] == pytest.approx(reference.logger.name_to_value[key], rel=1e-5)
+    # |r − 1| > ε, SB3's meaning and SB3's very number
+    assert variant.logger.name_to_value["train/clip_fraction"] == reference.logger.name_to_value["train/clip_fraction"]
 
 
 def test_variant_options_are_the_keyword_only_arguments():
@@ -76,6 +87,8 @@ def test_presets_only_change_defaults():
         RescaledPPO: {"value_grad_rescaling": "smoothed"},
         SPOPPO: {"surrogate": "spo"},
         KLPenaltyPPO: {"surrogate": "unclipped", "kl_coef": 1.0},
+        TrulyPPO: {"kl_trust_region": 0.03, "peaked_policy_loss": 5.0},
+        DualClipPPO: {"dual_clip": 3.0},
     }
     base = VariantPPO("MlpPolicy", "CartPole-v1", _init_setup_model=False)
     for preset, changed in expected.items():
@@ -165,16 +178,41 @@ def test_dict_observations_with_exact_kl():
         (dict(peaked_policy_loss=float("nan")), r"peaked_policy_loss must be"),
         (dict(pseudo_entropy_smoothing=1.0), r"pseudo_entropy_smoothing must be a float in \[0, 1\)"),
         (dict(pseudo_entropy_smoothing=-0.01), r"pseudo_entropy_smoothing must be a float in \[0, 1\)"),
-        (dict(delta_target_policy="logit", clip_range=1.0), r"clip_range must be in \(0, 1\) with delta_target_policy"),
-        (dict(delta_target_policy="logit", clip_range=lambda p: 1.5 - p), r"clip_range must be in \(0, 1\)"),
+        (dict(delta_target_policy="logit", clip_range=1.0), r"clip_range must be in \[0, 1\) with delta_target_policy"),
+        (dict(delta_target_policy="logit", clip_range=lambda p: 1.5 - p), r"clip_range must be in \[0, 1\)"),
         (dict(surrogate="trpo"), r"surrogate must be one of 'clipped', 'spo', 'unclipped'"),
-        (dict(surrogate="spo", peaked_policy_loss=True), r"peaked_policy_loss shapes the clipped surrogate"),
-        (dict(surrogate="spo", clip_range=0.0), r"clip_range must be > 0 with surrogate='spo'"),
+        (
+            dict(surrogate="spo", peaked_policy_loss=True),
+            r"peaked_policy_loss needs surrogate='clipped'.*must be False",
+        ),
+        (dict(clip_range=-0.1), r"clip_range must be a finite float >= 0"),
+        (dict(surrogate="spo", clip_range=-0.1), r"clip_range must be a finite float >= 0"),
         (dict(kl_coef=-1.0), r"kl_coef must be a finite float >= 0"),
         (dict(kl_coef=float("inf")), r"kl_coef must be a finite float >= 0"),
         (dict(kl_penalty_target=0.0), r"kl_penalty_target must be a finite float > 0"),
         (dict(kl_adapt_factor=1.0), r"kl_adapt_factor must be a finite float > 1"),
         (dict(kl_adapt_tolerance=0.5), r"kl_adapt_tolerance must be a finite float > 1"),
+        (dict(clip_range_high=-0.2), r"clip_range_high must be a finite float >= 0"),
+        (dict(clip_range_high=lambda p: p - 0.5), r"clip_range_high must be a finite float >= 0"),
+        (dict(clip_range_high=1.0, delta_target_policy="logit"), r"clip_range_high must be in \[0, 1\)"),
+        (dict(clip_range_high=0.3, surrogate="spo"), r"clip_range_high needs surrogate='clipped'.*must be None"),
+        (dict(clip_range_high=0.3, surrogate="unclipped"), r"clip_range_high needs surrogate='clipped'"),
+        (dict(dual_clip=1.0), r"dual_clip must be None or a finite float > 1"),
+        (dict(dual_clip=float("inf")), r"dual_clip must be None or a finite float > 1"),
+        (dict(dual_clip=True), r"dual_clip must be None or a finite float > 1"),
+        (dict(dual_clip=3.0, surrogate="spo"), r"dual_clip needs surrogate='clipped'"),
+        (dict(dual_clip=3.0, surrogate="unclipped"), r"dual_clip needs surrogate='clipped'"),
+        (dict(kl_trust_region=0.0), r"kl_trust_region must be None or a finite float > 0"),
+        (dict(kl_trust_region="0.1"), r"kl_trust_region must be None or a finite float > 0"),
+        (dict(kl_trust_region=0.03, surrogate="spo"), r"kl_trust_region needs surrogate='clipped'"),
+        (dict(kl_trust_region=0.03, delta_target_policy="logit"), r"delta_target_policy must be 'absolute'"),
+        (dict(kl_trust_region=0.03, clip_range_high=0.3), r"clip_range_high must be None"),
+        (dict(kl_trust_region=0.03, peaked_policy_loss=-1.0), r"peaked_policy_loss must be .* finite float >= 0"),
+        (dict(peaked_policy_loss=5.0), r"peaked_policy_loss must be False, True or a float in \[0, 1\]"),
+        (dict(ratio_change_limit=0.0), r"ratio_change_limit must be None or a finite float > 0"),
+        (dict(ratio_change_limit=float("nan")), r"ratio_change_limit must be None or a finite float > 0"),
+        (dict(feature_drift_coef=-1.0), r"feature_drift_coef must be a finite float >= 0"),
+        (dict(feature_drift_coef=None), r"feature_drift_coef must be a finite float >= 0"),
     ],
 )
 def test_bad_input_raises_at_construction(kwargs, pattern):
@@ -238,14 +276,12 @@ def test_kl_penalty_records_the_old_distribution_during_the_rollout():
     assert calls["n"] == SMALL["n_epochs"] * minibatches  # no extra pass for π_old
 
 
-def test_kl_penalty_falls_back_to_one_pass_when_nothing_was_recorded():
-    model = KLPenaltyPPO("MlpPolicy", "CartPole-v1", **SMALL)
-    model.learn(64)
-    model.rollout_buffer._step_distribution_parameters[3] = None
-    calls = _count_feature_passes(model)
-    model.train()
-    minibatches = SMALL["n_steps"] // SMALL["batch_size"]
-    assert calls["n"] == SMALL["n_epochs"] * minibatches + minibatches
+def test_a_plain_sb3_buffer_is_refused_where_rollout_data_is_needed():
+    from stable_baselines3.common.buffers import RolloutBuffer
+
+    with pytest.raises(ValueError, match=r"rollout_buffer_class must be None, RolloutPolicyBuffer"):
+        KLPenaltyPPO("MlpPolicy", "CartPole-v1", rollout_buffer_class=RolloutBuffer)
+    VariantPPO("MlpPolicy", "CartPole-v1", rollout_buffer_class=RolloutBuffer).learn(64)  # nothing to record
 
 
 def test_kl_coef_adapts_once_per_rollout_from_the_last_epoch():
@@ -259,25 +295,35 @@ def test_kl_coef_adapts_once_per_rollout_from_the_last_epoch():
 
 
 @pytest.mark.parametrize("n_envs", [1, 3])
-def test_recorded_old_distribution_matches_the_rollout_policy(n_envs):
+def test_samples_carry_the_rollout_policy_distribution_and_features(n_envs):
     from stable_baselines3.common.env_util import make_vec_env
 
     model = KLPenaltyPPO(
-        "MlpPolicy", make_vec_env("CartPole-v1", n_envs=n_envs, seed=0), n_steps=16, batch_size=16, seed=0
+        "MlpPolicy",
+        make_vec_env("CartPole-v1", n_envs=n_envs, seed=0),
+        n_steps=16,
+        batch_size=16,
+        seed=0,
+        feature_drift_coef=0.1,
     )
     model.learn(16 * n_envs)
-    # learn() ended with train(); collect a fresh rollout with the current policy and compare
+    # learn() ended with train(); collect a fresh rollout with the current policy and compare per sample
     model.collect_rollouts(model.env, model._init_callback(None), model.rollout_buffer, n_rollout_steps=16)
-    recorded = model.rollout_buffer.old_distribution_parameters()
-    evaluated = model._evaluate_old_distribution_parameters(model.rollout_buffer)
-    assert recorded.shape == (16 * n_envs, 2)
-    th.testing.assert_close(recorded, evaluated)
-    # and the flat order is SB3's: the minibatch observations map to these rows
     sample = next(model.rollout_buffer.get(8))
     with th.no_grad():
         logits = model.policy.get_distribution(sample.observations).distribution.logits
-    rows = recorded[th.as_tensor(model.rollout_buffer.last_batch_indices)]
-    th.testing.assert_close(th.log_softmax(rows, -1), logits)
+        features = model.policy.mlp_extractor.policy_net[2](
+            model.policy.mlp_extractor.policy_net[:2](model.policy.extract_features(sample.observations))
+        )
+    assert sample.old_distribution.shape == (8, 2) and sample.old_features.shape == (8, 64)
+    th.testing.assert_close(th.log_softmax(sample.old_distribution, -1), logits)
+    th.testing.assert_close(sample.old_features, features)
+
+
+def test_samples_carry_nothing_without_an_option_that_needs_it():
+    model = VariantPPO("MlpPolicy", "CartPole-v1", **SMALL).learn(64)
+    sample = next(model.rollout_buffer.get(8))
+    assert sample.old_distribution is None and sample.old_features is None
 
 
 def test_kl_coef_never_underflows_to_zero():
@@ -285,28 +331,6 @@ def test_kl_coef_never_underflows_to_zero():
     model.learn(192)
     assert model.kl_coef == KL_COEF_FLOOR
     assert model.uses_kl_penalty
-
-
-def test_smoothed_average_carries_across_minibatches():
-    model = RescaledPPO("MlpPolicy", "CartPole-v1", pseudo_entropy_smoothing=0.9, _init_setup_model=False)
-    errors = th.ones(4)
-    first = model._scaled_value_loss(errors, th.full((4,), 0.5))
-    second = model._scaled_value_loss(errors, th.tensor([0.1, 0.1, 0.3, 0.3]))
-    assert first[1] == pytest.approx(0.5)
-    assert second[1] == pytest.approx(0.9 * 0.5 + 0.1 * 0.2)
-    assert second[0].item() == pytest.approx(0.9 * 0.5 + 0.1 * 0.2)
-
-
-def test_per_state_rescaling_weights_each_state_without_gradient_through_h():
-    model = VariantPPO("MlpPolicy", "CartPole-v1", value_grad_rescaling="per_state", _init_setup_model=False)
-    errors = th.tensor([1.0, 4.0], requires_grad=True)
-    weights = th.tensor([0.5, 0.1], requires_grad=True)
-    loss, scale = model._scaled_value_loss(errors, weights)
-    loss.backward()
-    assert loss.item() == pytest.approx((0.5 * 1 + 0.1 * 4) / 2)
-    assert scale == pytest.approx(0.3)
-    np.testing.assert_allclose(errors.grad.numpy(), [0.25, 0.05])
-    assert weights.grad is None
 
 
 # --------------------------------------------------------------------------- logging
@@ -320,10 +344,22 @@ def _logged_rows(tmp_path, model_cls, **kwargs):
         return list(csv.DictReader(handle))
 
 
+TRUST_REGION_KEYS = (
+    "clip_fraction",
+    "clip_high_fraction",
+    "clip_low_fraction",
+    "past_target_fraction",
+    "ratio_deviation",
+    "ratio_change",
+    "ratio_max",
+    "ratio_min",
+)
+
+
 def test_logger_keys_reach_csv_and_tensorboard(tmp_path, capsys):
     rows = _logged_rows(tmp_path, VariantPPO, value_grad_rescaling="per_batch", peaked_policy_loss=0.5)
     last = rows[-1]
-    for key in ("pseudo_entropy", "value_loss_scale", "clip_fraction", "restoring_fraction", "ratio_deviation"):
+    for key in ("pseudo_entropy", "value_loss_scale", *TRUST_REGION_KEYS):
         assert last[f"train/{key}"] != "", key
         assert len(f"train/{key}") < 36
     # per-batch rescaling applies the minibatch means of H', whose mean is what is logged
@@ -332,7 +368,33 @@ def test_logger_keys_reach_csv_and_tensorboard(tmp_path, capsys):
     assert list(tmp_path.glob("events.out.tfevents.*"))
 
 
-def test_restoring_fraction_only_with_the_peaked_loss(tmp_path):
-    rows = _logged_rows(tmp_path, VariantPPO)
+def test_each_quantity_is_logged_once(tmp_path):
+    rows = _logged_rows(tmp_path, VariantPPO, peaked_policy_loss=1.0)
     assert "train/restoring_fraction" not in rows[-1]
     assert float(rows[-1]["train/value_loss_scale"]) == 1.0
+    last = {key: float(rows[-1][f"train/{key}"]) for key in TRUST_REGION_KEYS}
+    # symmetric range: SB3's clip fraction is the sum of the fractions above and below
+    assert last["clip_fraction"] == pytest.approx(last["clip_high_fraction"] + last["clip_low_fraction"])
+    assert last["ratio_min"] <= 1.0 <= last["ratio_max"]
+
+
+def test_trust_region_keys_against_the_update_samples():
+    model = VariantPPO("MlpPolicy", "CartPole-v1", **SMALL, clip_range=0.05, clip_range_high=0.1, learning_rate=3e-3)
+    model.learn(64)
+    logged = model.logger.name_to_value
+    assert logged["train/clip_range_high"] == 0.1
+    assert 0.0 <= logged["train/clip_high_fraction"] <= 1.0 and 0.0 <= logged["train/clip_low_fraction"] <= 1.0
+    assert logged["train/clip_fraction"] == pytest.approx(
+        logged["train/clip_high_fraction"] + logged["train/clip_low_fraction"]
+    )
+    assert logged["train/ratio_max"] > 1.0 > logged["train/ratio_min"] > 0.0
+
+
+def test_tensorboard_runs_are_named_after_the_class(tmp_path):
+    for cls in (LogitPPO, PeakedPPO):
+        cls("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32, n_epochs=1, tensorboard_log=str(tmp_path)).learn(32)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["LogitPPO_1", "PeakedPPO_1"]
+    VariantPPO("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32, n_epochs=1, tensorboard_log=str(tmp_path)).learn(
+        32, tb_log_name="mine"
+    )
+    assert (tmp_path / "mine_1").is_dir()

@@ -13,7 +13,7 @@ from sb3_ppo_variants.zoo.validation import check_constructor_arguments
 IDS = sorted(ALGORITHM_CLASS_NAMES)
 OBSERVATIONS = spaces.Box(-1.0, 1.0, (4,))
 ACTION_SPACES = {"discrete": (spaces.Discrete(3), 0), "box": (spaces.Box(-1.0, 1.0, (2,)), 2)}
-ACCEPTS_BOX = {"ppo_variant", "ppo_peaked", "ppo_spo", "ppo_kl"}
+ACCEPTS_BOX = {"ppo_variant", "ppo_peaked", "ppo_spo", "ppo_kl", "ppo_truly", "ppo_dual_clip"}
 N_TRIALS = 60
 
 
@@ -64,11 +64,15 @@ def test_variant_sampler_combines_every_modification_on_discrete_actions():
             seen.setdefault(key, set()).add(hyperparams[key])
         seen.setdefault("peaked", set()).add(hyperparams.get("peaked_policy_loss", False) is not False)
         seen.setdefault("kl_penalty", set()).add(hyperparams["kl_coef"] > 0)
+        for option in ("clip_range_high", "dual_clip", "kl_trust_region", "ratio_change_limit", "feature_drift_coef"):
+            seen.setdefault(option, set()).add(option in hyperparams)
+        if "kl_trust_region" in hyperparams:
+            assert 0.1 <= hyperparams["peaked_policy_loss"] <= 20.0 and "clip_range_high" not in hyperparams
         if hyperparams["value_grad_rescaling"] == "smoothed":
             assert 0.9 <= hyperparams["pseudo_entropy_smoothing"] <= 0.999
         else:
             assert "pseudo_entropy_smoothing" not in hyperparams
-        if hyperparams.get("peaked_policy_loss", False) is not False:
+        if hyperparams.get("peaked_policy_loss", False) is not False and "kl_trust_region" not in hyperparams:
             assert hyperparams["surrogate"] == "clipped"
             assert 0.01 <= hyperparams["peaked_policy_loss"] <= 1.0
         if hyperparams["surrogate"] == "unclipped":
@@ -80,6 +84,11 @@ def test_variant_sampler_combines_every_modification_on_discrete_actions():
         "surrogate": {"clipped", "spo", "unclipped"},
         "peaked": {False, True},
         "kl_penalty": {False, True},
+        "clip_range_high": {False, True},
+        "dual_clip": {False, True},
+        "kl_trust_region": {False, True},
+        "ratio_change_limit": {False, True},
+        "feature_drift_coef": {False, True},
     }
 
 
@@ -101,6 +110,11 @@ def test_own_options_of_the_presets():
         assert "clip_range" not in params and "clip_range" not in hyperparams  # no clipping to tune
         assert 0.002 <= hyperparams["kl_penalty_target"] <= 0.05
         assert 0.1 <= hyperparams["kl_coef"] <= 10.0
+    for params, hyperparams in _sampled("ppo_truly", "discrete", n_trials=20):
+        assert "clip_range" not in params and "clip_range" not in hyperparams  # the KL bound replaces it
+        assert 0.005 <= hyperparams["kl_trust_region"] <= 0.1 and 0.1 <= hyperparams["peaked_policy_loss"] <= 20
+    for _, hyperparams in _sampled("ppo_dual_clip", "discrete", n_trials=20):
+        assert 1.5 <= hyperparams["dual_clip"] <= 10.0
     for params, hyperparams in _sampled("ppo_logit", "discrete", n_trials=20):
         assert set(params) == ZOO_PPO_PARAMS
         assert 0 < hyperparams["clip_range"] < 1

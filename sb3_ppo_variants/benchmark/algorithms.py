@@ -1,4 +1,4 @@
-"""The algorithms compared by the benchmarks: SB3's ``PPO`` and every variant, by short name."""
+"""The algorithms compared by the benchmarks: SB3's ``PPO``, every variant of the registry and its configurations."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from stable_baselines3 import PPO
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
-from sb3_ppo_variants import SPOPPO, KLPenaltyPPO, LogitPPO, PeakedPPO, RescaledPPO, VariantPPO
+from sb3_ppo_variants.registry import CONFIGURATIONS, VARIANTS
 
 
 @dataclass(frozen=True)
@@ -27,26 +27,29 @@ class Algorithm:
     zoo_id: str | None = None
 
     def build(self, policy: str, env: Any, **hyperparameters: Any) -> OnPolicyAlgorithm:
-        return self.algorithm_class(policy, env, **hyperparameters, **self.options)
+        options = dict(self.options)
+        if "policy_kwargs" in options:  # merged with the task's, e.g. the Adam β recipe on a shared trunk
+            shared = hyperparameters.pop("policy_kwargs", None) or {}
+            options["policy_kwargs"] = {**shared, **options["policy_kwargs"]}
+        return self.algorithm_class(policy, env, **hyperparameters, **options)
 
 
 ALGORITHMS: dict[str, Algorithm] = {
-    algorithm.name: algorithm
-    for algorithm in (
-        Algorithm("ppo", PPO, zoo_id="ppo"),
-        Algorithm("variant", VariantPPO, zoo_id="ppo_variant"),
-        Algorithm("logit", LogitPPO, zoo_id="ppo_logit"),
-        Algorithm("peaked", PeakedPPO, zoo_id="ppo_peaked"),
-        Algorithm("rescaled", RescaledPPO, zoo_id="ppo_rescaled"),
-        Algorithm("spo", SPOPPO, zoo_id="ppo_spo"),
-        Algorithm("kl", KLPenaltyPPO, zoo_id="ppo_kl"),
-        Algorithm("per_state", VariantPPO, {"value_grad_rescaling": "per_state"}),
-    )
+    "ppo": Algorithm("ppo", PPO, zoo_id="ppo"),
+    **{variant.name: Algorithm(variant.name, variant.algorithm_class, zoo_id=variant.zoo_id) for variant in VARIANTS},
+    **{
+        entry.name: Algorithm(entry.name, entry.algorithm_class or PPO, dict(entry.options)) for entry in CONFIGURATIONS
+    },
+}
+LABELS: dict[str, str] = {
+    "ppo": "PPO (SB3)",
+    **{variant.name: variant.label for variant in VARIANTS},
+    **{entry.name: entry.label for entry in CONFIGURATIONS},
 }
 
 # ``variant`` with every option off is SB3's PPO (the parity test pins it), so the learning
 # benchmarks leave it out; the cost benchmark keeps it to measure the loop's own overhead.
-COST_ALGORITHMS = ("variant", "logit", "peaked", "rescaled", "spo", "kl", "per_state")
+COST_ALGORITHMS = tuple(name for name in ALGORITHMS if name != "ppo")
 LEARNING_ALGORITHMS = ("ppo", "logit", "peaked", "rescaled", "spo", "kl", "per_state")
 
 

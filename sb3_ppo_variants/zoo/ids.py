@@ -4,14 +4,11 @@ from pathlib import Path
 
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-# id -> class name in sb3_ppo_variants
+from sb3_ppo_variants.registry import BY_ZOO_ID
+
+# id -> class name in sb3_ppo_variants, from the registry
 ALGORITHM_CLASS_NAMES: dict[str, str] = {
-    "ppo_variant": "VariantPPO",
-    "ppo_logit": "LogitPPO",
-    "ppo_peaked": "PeakedPPO",
-    "ppo_rescaled": "RescaledPPO",
-    "ppo_spo": "SPOPPO",
-    "ppo_kl": "KLPenaltyPPO",
+    zoo_id: variant.algorithm_class.__name__ for zoo_id, variant in BY_ZOO_ID.items()
 }
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
@@ -33,6 +30,4 @@ def hyperparams_file(algo_id: str) -> Path:
 
 
 def algorithm_class(algo_id: str) -> type[BaseAlgorithm]:
-    import sb3_ppo_variants
-
-    return getattr(sb3_ppo_variants, ALGORITHM_CLASS_NAMES[algo_id])
+    return BY_ZOO_ID[algo_id].algorithm_class

@@ -16,6 +16,8 @@ from typing import Any
 import optuna
 from rl_zoo3.hyperparams_opt import convert_onpolicy_params, sample_ppo_params
 
+from sb3_ppo_variants.registry import VARIANTS
+
 Sampler = Callable[[optuna.Trial, int, int, dict], dict[str, Any]]
 Converter = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -71,6 +73,8 @@ def _ppo_space(
 #   one_minus_pseudo_entropy_smoothing -> pseudo_entropy_smoothing = 1 - x  (log scale near 1)
 #   peaked_policy_loss (bool) + restoring_slope α -> peaked_policy_loss = α, or False
 #   kl_penalty (bool) -> kl_coef = 0 when off
+#   kl_rollback α (with the KL trust region) -> peaked_policy_loss = α
+#   trust_region, clip_higher, dual_clipped, espo, pfo: switches, dropped
 
 
 def _suggest_smoothing(trial: optuna.Trial) -> dict[str, Any]:
@@ -89,6 +93,17 @@ def _suggest_kl_penalty(trial: optuna.Trial) -> dict[str, Any]:
     }
 
 
+def _suggest_kl_trust_region(trial: optuna.Trial) -> dict[str, Any]:
+    return {
+        "kl_trust_region": trial.suggest_float("kl_trust_region", 0.005, 0.1, log=True),
+        "kl_rollback": trial.suggest_float("kl_rollback", 0.1, 20.0, log=True),
+    }
+
+
+def _suggest_dual_clip(trial: optuna.Trial) -> dict[str, Any]:
+    return {"dual_clip": trial.suggest_float("dual_clip", 1.5, 10.0, log=True)}
+
+
 def convert_variant_options(params: dict[str, Any]) -> dict[str, Any]:
     """Map the variants' sampled names to constructor arguments; other keys pass through unchanged."""
     hyperparams = dict(params)
@@ -99,6 +114,12 @@ def convert_variant_options(params: dict[str, Any]) -> dict[str, Any]:
         hyperparams["peaked_policy_loss"] = restoring_slope if hyperparams.get("peaked_policy_loss", True) else False
     if hyperparams.pop("kl_penalty", True) is False:
         hyperparams["kl_coef"] = 0.0
+    kl_rollback = hyperparams.pop("kl_rollback", None)
+    if kl_rollback is not None:
+        hyperparams["peaked_policy_loss"] = kl_rollback
+    # switches whose only effect is which of the options above were sampled
+    for switch in ("trust_region", "clip_higher", "dual_clipped", "espo", "pfo"):
+        hyperparams.pop(switch, None)
     return hyperparams
 
 
@@ -120,15 +141,30 @@ def sample_variant_params(trial: optuna.Trial, n_actions: int, n_envs: int, addi
     surrogate = trial.suggest_categorical("surrogate", SURROGATES)
     options["surrogate"] = surrogate
     if surrogate == "clipped":
-        options["peaked_policy_loss"] = trial.suggest_categorical("peaked_policy_loss", [False, True])
-        if options["peaked_policy_loss"]:
-            options.update(_suggest_restoring_slope(trial))
+        # the KL bound replaces the ratio target, so it excludes the logit target and Clip-Higher
+        trust_region = "ratio"
+        if options.get("delta_target_policy", "absolute") == "absolute":
+            trust_region = trial.suggest_categorical("trust_region", ["ratio", "kl"])
+        if trust_region == "kl":
+            options.update(_suggest_kl_trust_region(trial))
+        else:
+            options["peaked_policy_loss"] = trial.suggest_categorical("peaked_policy_loss", [False, True])
+            if options["peaked_policy_loss"]:
+                options.update(_suggest_restoring_slope(trial))
+            if trial.suggest_categorical("clip_higher", [False, True]):
+                options["clip_range_high"] = trial.suggest_float("clip_range_high", 0.1, 0.4)
+        if trial.suggest_categorical("dual_clipped", [False, True]):
+            options.update(_suggest_dual_clip(trial))
     # Without clipping, the adaptive KL penalty is the only trust region, so it is always on.
     kl_penalty = True if surrogate == "unclipped" else trial.suggest_categorical("kl_penalty", [False, True])
     if surrogate != "unclipped":
         options["kl_penalty"] = kl_penalty
     if kl_penalty:
         options.update(_suggest_kl_penalty(trial))
+    if trial.suggest_categorical("espo", [False, True]):
+        options["ratio_change_limit"] = trial.suggest_float("ratio_change_limit", 0.05, 0.5, log=True)
+    if trial.suggest_categorical("pfo", [False, True]):
+        options["feature_drift_coef"] = trial.suggest_float("feature_drift_coef", 0.01, 10.0, log=True)
     return {**hyperparams, **convert_variant_options(options)}
 
 
@@ -162,13 +198,19 @@ def sample_kl_params(trial: optuna.Trial, n_actions: int, n_envs: int, additiona
     return {**hyperparams, **_suggest_kl_penalty(trial)}
 
 
-SAMPLERS: dict[str, Sampler] = {
-    "ppo_variant": sample_variant_params,
-    "ppo_logit": sample_logit_params,
-    "ppo_peaked": sample_peaked_params,
-    "ppo_rescaled": sample_rescaled_params,
-    "ppo_spo": sample_spo_params,
-    "ppo_kl": sample_kl_params,
-}
+def sample_truly_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
+    """TrulyPPO: the PPO space without ``clip_range`` (the KL bound replaces it), plus ``δ`` and the rollback ``α``."""
+    overrides = {"clip_range": lambda t: _NOT_TUNED}
+    hyperparams = _ppo_space(trial, n_actions, n_envs, additional_args, overrides)
+    return {**hyperparams, **convert_variant_options(_suggest_kl_trust_region(trial))}
+
+
+def sample_dual_clip_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
+    """DualClipPPO: the PPO space plus the dual-clip bound ``c``."""
+    hyperparams = _ppo_space(trial, n_actions, n_envs, additional_args)
+    return {**hyperparams, **_suggest_dual_clip(trial)}
+
+
+SAMPLERS: dict[str, Sampler] = {variant.zoo_id: globals()[variant.sampler] for variant in VARIANTS}
 
 CONVERTERS: dict[str, Converter] = {algo: _convert for algo in SAMPLERS}

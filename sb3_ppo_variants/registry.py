@@ -1,0 +1,82 @@
+"""Every variant named once: its class, rl-zoo3 id, label and sampler.
+
+The package's exports, the zoo's ids, samplers and shipped files, and the benchmark's algorithm list
+are all read from ``VARIANTS``. Benchmark-only configurations (an option of ``VariantPPO`` without a
+preset of its own, or an SB3 recipe) are in ``CONFIGURATIONS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sb3_ppo_variants.variant_ppo import (
+    SPOPPO,
+    DualClipPPO,
+    KLPenaltyPPO,
+    LogitPPO,
+    PeakedPPO,
+    RescaledPPO,
+    TrulyPPO,
+    VariantPPO,
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One algorithm of this package.
+
+    :param name: short name in benchmark tables, plots and file names
+    :param algorithm_class: the class (``VariantPPO`` or a preset)
+    :param zoo_id: its rl-zoo3 algorithm id (``hyperparams/<zoo_id>.yml``)
+    :param label: how plots and tables name it
+    :param sampler: name of its Optuna sampler in ``sb3_ppo_variants.zoo.samplers``
+    """
+
+    name: str
+    algorithm_class: type[VariantPPO]
+    zoo_id: str
+    label: str
+    sampler: str
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """A benchmark entry without a zoo id: a class with options on top of its defaults.
+
+    :param name: short name in benchmark tables
+    :param algorithm_class: ``VariantPPO``, or ``None`` for SB3's ``PPO``
+    :param label: how plots and tables name it
+    :param options: keyword arguments added to the shared hyperparameters
+    """
+
+    name: str
+    algorithm_class: type[VariantPPO] | None
+    label: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("variant", VariantPPO, "ppo_variant", "VariantPPO (defaults)", "sample_variant_params"),
+    Variant("logit", LogitPPO, "ppo_logit", "LogitPPO", "sample_logit_params"),
+    Variant("peaked", PeakedPPO, "ppo_peaked", "PeakedPPO", "sample_peaked_params"),
+    Variant("rescaled", RescaledPPO, "ppo_rescaled", "RescaledPPO", "sample_rescaled_params"),
+    Variant("spo", SPOPPO, "ppo_spo", "SPOPPO", "sample_spo_params"),
+    Variant("kl", KLPenaltyPPO, "ppo_kl", "KLPenaltyPPO", "sample_kl_params"),
+    Variant("truly", TrulyPPO, "ppo_truly", "TrulyPPO", "sample_truly_params"),
+    Variant("dual_clip", DualClipPPO, "ppo_dual_clip", "DualClipPPO", "sample_dual_clip_params"),
+)
+
+ADAM_EQUAL_BETAS = {"optimizer_kwargs": {"betas": (0.99, 0.99)}}
+"""Adam with ``β1 = β2`` (Dohare et al. 2023, "Overcoming Policy Collapse in Deep RL"), as SB3 ``policy_kwargs``."""
+
+CONFIGURATIONS: tuple[Configuration, ...] = (
+    Configuration("per_state", VariantPPO, "VariantPPO per_state", {"value_grad_rescaling": "per_state"}),
+    Configuration("clip_higher", VariantPPO, "VariantPPO Clip-Higher", {"clip_range_high": 0.28}),
+    Configuration("tr_ppo", VariantPPO, "VariantPPO TR-PPO", {"kl_trust_region": 0.03}),
+    Configuration("espo", VariantPPO, "VariantPPO ESPO", {"ratio_change_limit": 0.2}),
+    Configuration("pfo", VariantPPO, "VariantPPO PFO", {"feature_drift_coef": 1.0}),
+    Configuration("adam_equal_betas", None, "PPO, Adam β1 = β2", {"policy_kwargs": ADAM_EQUAL_BETAS}),
+)
+
+BY_ZOO_ID: dict[str, Variant] = {variant.zoo_id: variant for variant in VARIANTS}
