@@ -72,6 +72,9 @@ ADAM_EQUAL_BETAS = {"optimizer_kwargs": {"betas": (0.99, 0.99)}}
 
 CONFIGURATIONS: tuple[Configuration, ...] = (
     Configuration("per_state", VariantPPO, "VariantPPO per_state", {"value_grad_rescaling": "per_state"}),
+    Configuration("per_batch", VariantPPO, "VariantPPO per_batch", {"value_grad_rescaling": "per_batch"}),
+    # the restoring slope α of the Truly PPO repository's PPO-RB (``ratio_rollback``, MuJoCo: slope 0.3)
+    Configuration("rollback", VariantPPO, "VariantPPO α = 0.3", {"peaked_policy_loss": 0.3}),
     Configuration("clip_higher", VariantPPO, "VariantPPO Clip-Higher", {"clip_range_high": 0.28}),
     Configuration("tr_ppo", VariantPPO, "VariantPPO TR-PPO", {"kl_trust_region": 0.03}),
     Configuration("espo", VariantPPO, "VariantPPO ESPO", {"ratio_change_limit": 0.2}),

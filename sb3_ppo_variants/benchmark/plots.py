@@ -11,26 +11,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-# One colour per algorithm, the same in every figure; SB3's PPO is black.
+from sb3_ppo_variants.benchmark.algorithms import ALGORITHMS, LABELS
+
+# One colour per algorithm, in the registry's order, the same in every figure; SB3's PPO is black.
 COLOURS = {
     "ppo": "#000000",
-    "variant": "#7f7f7f",
-    "logit": "#1f77b4",
-    "peaked": "#d62728",
-    "rescaled": "#2ca02c",
-    "spo": "#9467bd",
-    "kl": "#ff7f0e",
-    "per_state": "#8c564b",
-}
-LABELS = {
-    "ppo": "PPO (SB3)",
-    "variant": "VariantPPO (defaults)",
-    "logit": "LogitPPO",
-    "peaked": "PeakedPPO",
-    "rescaled": "RescaledPPO",
-    "spo": "SPOPPO",
-    "kl": "KLPenaltyPPO",
-    "per_state": "VariantPPO per_state",
+    **{
+        name: matplotlib.colors.to_hex(plt.get_cmap("tab20").colors[index % 20])
+        for index, name in enumerate(name for name in ALGORITHMS if name != "ppo")
+    },
 }
 
 
