@@ -249,3 +249,109 @@ def score_intervals(outcomes: pd.DataFrame, reps: int = 2000, seed: int = 0) -> 
             row[f"{column}_low"], row[f"{column}_high"] = (float(v) for v in interval["run"][:, 0])
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def plot_collapse_rates(table: pd.DataFrame, path: Path) -> None:
+    """Collapse rate among competent runs with its Wilson 95 % interval, one panel per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sb3_ppo_variants.benchmark.plots import colour, label
+
+    settings = list(table.groupby(SETTING, sort=True))
+    figure, axes = plt.subplots(
+        1, len(settings), figsize=(5.2 * len(settings), 0.5 + 0.32 * table["algorithm"].nunique()), squeeze=False
+    )
+    for axis, ((task, learning_rate), rows) in zip(axes[0], settings, strict=True):
+        rows = rows.reset_index(drop=True)
+        for position, row in rows.iterrows():
+            rate = 0.0 if pd.isna(row.collapse_rate) else row.collapse_rate
+            axis.plot(
+                [row.rate_low, row.rate_high],
+                [position, position],
+                color=colour(row.algorithm),
+                linewidth=5,
+                alpha=0.35,
+            )
+            axis.plot(rate, position, "o", color=colour(row.algorithm))
+            axis.annotate(
+                f"{int(row.collapsed)}/{int(row.competent)}",
+                (1.02, position),
+                va="center",
+                fontsize=8,
+                annotation_clip=False,
+            )
+        axis.set_yticks(range(len(rows)), [label(name) for name in rows["algorithm"]])
+        axis.set_xlim(0, 1)
+        axis.invert_yaxis()
+        axis.set_xlabel("collapse rate among competent runs (Wilson 95 %)")
+        axis.set_title(f"{task}, lr {learning_rate:g}", fontsize=9)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_run_curves(directory: Path, outcomes: pd.DataFrame, path: Path) -> None:
+    """Every run's normalised evaluation score: one row per setting, one panel per algorithm, collapses marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sb3_ppo_variants.benchmark.plots import colour, label
+    from sb3_ppo_variants.benchmark.tasks import TASKS
+
+    settings = sorted(outcomes.groupby(SETTING).groups)
+    algorithms = sorted(outcomes["algorithm"].unique(), key=lambda name: (name != "ppo", name))
+    figure, axes = plt.subplots(
+        len(settings), len(algorithms), figsize=(2.6 * len(algorithms), 2.2 * len(settings)), squeeze=False, sharey=True
+    )
+    runs = {}
+    for file in directory.glob("*/*.json"):
+        run = json.loads(file.read_text())
+        runs[(run["task"], run["learning_rate"], run["algorithm"], run["seed"])] = run
+    for row, (task, learning_rate) in enumerate(settings):
+        for column, algorithm in enumerate(algorithms):
+            axis = axes[row][column]
+            chosen = outcomes[
+                (outcomes.task == task) & (outcomes.learning_rate == learning_rate) & (outcomes.algorithm == algorithm)
+            ]
+            for outcome in chosen.itertuples():
+                run = runs[(task, learning_rate, algorithm, outcome.seed)]
+                steps = [e["step"] for e in run["evaluations"]]
+                scores = normalised_score(
+                    [e["eval_return"] for e in run["evaluations"]], TASKS[task].random_score, TASKS[task].max_score
+                )
+                axis.plot(
+                    steps, scores, color="#d62728" if outcome.collapsed else colour(algorithm), linewidth=0.7, alpha=0.7
+                )
+            axis.set_title(f"{label(algorithm)} ({int(chosen.collapsed.sum())}/{len(chosen)} collapsed)", fontsize=7)
+            axis.tick_params(labelsize=6)
+            if column == 0:
+                axis.set_ylabel(f"{task.split('/')[-1]}\nlr {learning_rate:g}", fontsize=7)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_study_report(
+    directory: Path, output: Path, plots: Path, name: str, bootstrap_reps: int = 2000
+) -> pd.DataFrame:
+    """Outcomes per run, the collapse table and the score intervals (CSV and Markdown), and the two figures."""
+    outcomes = load_outcomes(directory)
+    if outcomes.empty:
+        raise SystemExit(f"no run files under {directory}")
+    output.mkdir(parents=True, exist_ok=True)
+    outcomes.to_csv(output / f"{name}_runs.csv", index=False)
+    table = collapse_table(outcomes)
+    scores = score_intervals(outcomes, reps=bootstrap_reps)
+    merged = table.merge(scores, on=[*SETTING, "algorithm"])
+    merged.to_csv(output / f"{name}.csv", index=False)
+    (output / f"{name}.md").write_text(merged.to_markdown(index=False, floatfmt=".3g") + "\n")
+    plot_collapse_rates(table, plots / f"{name}_rates.png")
+    plot_run_curves(directory, outcomes, plots / f"{name}_curves.png")
+    return merged
