@@ -173,7 +173,10 @@ class RayTasks:
     """
 
     def __init__(self, address: str, cpus_per_item: int, max_retries: int = 3):
-        import ray
+        try:
+            import ray
+        except ImportError as error:
+            raise ImportError("--ray-address needs Ray: pip install 'sb3-ppo-variants[ray]'") from error
 
         self.ray = ray
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
