@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from run_records import without_timing
 
 from sb3_ppo_variants.benchmark.executors import InProcess, ProcessPool, describe, execute
 from sb3_ppo_variants.benchmark.progress import GridProgress
@@ -39,15 +40,6 @@ def benchmark(*arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=300,
     )
-
-
-def without_timing(value: Any) -> Any:
-    """A run's record without its wall-clock fields (``*_seconds``), which differ between any two runs."""
-    if isinstance(value, dict):
-        return {key: without_timing(item) for key, item in value.items() if not key.endswith("_seconds")}
-    if isinstance(value, list):
-        return [without_timing(item) for item in value]
-    return value
 
 
 def read_runs(directory: Path) -> dict[str, Any]:

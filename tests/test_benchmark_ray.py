@@ -20,6 +20,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'sb3-ppo-variants[ray]'")
 from ray.cluster_utils import Cluster  # noqa: E402
+from run_records import without_timing  # noqa: E402
 
 from sb3_ppo_variants.benchmark.runs import Run, grid, train_run  # noqa: E402
 
@@ -92,14 +93,6 @@ def finish(process: subprocess.Popen[str], timeout: float = 400) -> tuple[str, s
         pytest.fail(f"the grid did not finish in {timeout} s\n{stdout[-3000:]}\n{stderr[-5000:]}")
     assert process.returncode == 0, f"exit {process.returncode}\n{stdout[-3000:]}\n{stderr[-5000:]}"
     return stdout, stderr
-
-
-def without_timing(value):
-    if isinstance(value, dict):
-        return {key: without_timing(item) for key, item in value.items() if not key.endswith("_seconds")}
-    if isinstance(value, list):
-        return [without_timing(item) for item in value]
-    return value
 
 
 def assert_every_run_written_once(directory: Path, stdout: str, timesteps: int, runs: list[Run]) -> dict[Run, dict]:
