@@ -94,19 +94,22 @@ def main(argv: list[str] | None = None) -> int:
 
         th.set_num_threads(args.threads)
         default_tasks = list(TASKS) if args.command == "learn" else ["CartPole-v1"]
-        failures = run_grid(
-            args.runs,
-            _parse_tasks(args.tasks, default_tasks),
-            parse_algorithms(args.algorithms, LEARNING_ALGORITHMS),
-            args.seeds,
-            args.lr_scales,
-            args.timesteps,
-            threads=args.threads,
-            workers=args.workers or max(1, available_cores() // args.threads),
-            ray_address=args.ray_address,
-            ray_max_retries=args.ray_max_retries,
-            progress_bar=args.progress,
-        )
+        try:
+            failures = run_grid(
+                args.runs,
+                _parse_tasks(args.tasks, default_tasks),
+                parse_algorithms(args.algorithms, LEARNING_ALGORITHMS),
+                args.seeds,
+                args.lr_scales,
+                args.timesteps,
+                threads=args.threads,
+                workers=args.workers or max(1, available_cores() // args.threads),
+                ray_address=args.ray_address,
+                ray_max_retries=args.ray_max_retries,
+                progress_bar=args.progress,
+            )
+        except KeyboardInterrupt:  # run_grid said what was done and how to resume
+            return 130
         if failures:
             return 1
     elif args.command == "cost":

@@ -151,7 +151,7 @@ class ProcessPool:
         if cancel:
             # an interrupted grid stops its runs now: shutdown() alone lets them finish, and the
             # interpreter's exit waits for them (the pool has no public way to stop a running item)
-            for process in list(getattr(self.pool, "_processes", None) or {}.values()):
+            for process in list((getattr(self.pool, "_processes", None) or {}).values()):
                 process.terminate()
         self.pool.shutdown(wait=not cancel, cancel_futures=cancel)
 
