@@ -168,6 +168,7 @@ def runs_on(node) -> dict[int, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the task's worker process through /proc")
 def test_a_worker_node_killed_mid_run_has_its_run_retried(cluster: Cluster, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     arguments = ["--runs", str(runs), "--ray-address", cluster.address, *GRID, "1", "--timesteps", "4096"]
