@@ -5,7 +5,9 @@ gives the commands behind every published number. Modules:
 
 - ``algorithms``: the compared algorithms by short name;
 - ``tasks``: environments, shared hyperparameters, budgets and reference scores;
-- ``runs``: one seeded training run with periodic greedy evaluation, saved as JSON;
+- ``runs``: one seeded training run with periodic greedy evaluation, saved as JSON, and the grid of them;
+- ``executors``: where a grid's runs execute (this process, local worker processes, Ray tasks);
+- ``progress``: done, running, failed and to do over a grid, with the time left;
 - ``cost``: paired ``train()`` and ``learn()`` timings against PPO;
 - ``scores``: IQM with stratified-bootstrap intervals, and the collapse criterion;
 - ``report`` and ``plots``: tables and figures.

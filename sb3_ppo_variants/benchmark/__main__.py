@@ -5,7 +5,9 @@
 - ``collapse``: the same runs across learning-rate scales (the step-size sweep);
 - ``report``: tables (CSV, Markdown) and PNG plots from the runs on disk.
 
-Runs already on disk are skipped, so ``learn`` and ``collapse`` resume after an interruption.
+Runs already on disk are skipped, so ``learn`` and ``collapse`` resume after an interruption. They run
+``--workers`` runs at once in local processes, or every run as a task on a Ray cluster (``--ray-address``);
+the command exits with status 1 when a run failed, after the others finished.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import torch as th
 
 from sb3_ppo_variants.benchmark.algorithms import COST_ALGORITHMS, LEARNING_ALGORITHMS, parse_algorithms
+from sb3_ppo_variants.benchmark.executors import available_cores
 from sb3_ppo_variants.benchmark.tasks import TASKS
 
 DEFAULT_RUNS = Path("benchmark_runs")
@@ -36,7 +39,24 @@ def _add_run_arguments(parser: argparse.ArgumentParser, default_tasks: list[str]
     parser.add_argument("--algorithms", nargs="+", default=None, help=f"default: {' '.join(LEARNING_ALGORITHMS)}")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--timesteps", type=int, default=None, help="override every task's budget (tests, smoke runs)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these MLPs)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run (1 is fastest for these MLPs)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="runs at once, each in its own process (default: this machine's cores / --threads; 1: in this process)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDRESS",
+        help="run every run as a task on this Ray cluster ('auto': the one started here with `ray start`); "
+        "needs the ray extra, ignores --workers",
+    )
+    parser.add_argument(
+        "--ray-max-retries", type=int, default=3, help="Ray's retries of a run whose worker or node died"
+    )
+    parser.add_argument("--progress", action="store_true", help="show a progress bar over the grid (on stderr)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,14 +94,24 @@ def main(argv: list[str] | None = None) -> int:
 
         th.set_num_threads(args.threads)
         default_tasks = list(TASKS) if args.command == "learn" else ["CartPole-v1"]
-        run_grid(
-            args.runs,
-            _parse_tasks(args.tasks, default_tasks),
-            parse_algorithms(args.algorithms, LEARNING_ALGORITHMS),
-            args.seeds,
-            args.lr_scales,
-            args.timesteps,
-        )
+        try:
+            failures = run_grid(
+                args.runs,
+                _parse_tasks(args.tasks, default_tasks),
+                parse_algorithms(args.algorithms, LEARNING_ALGORITHMS),
+                args.seeds,
+                args.lr_scales,
+                args.timesteps,
+                threads=args.threads,
+                workers=args.workers or max(1, available_cores() // args.threads),
+                ray_address=args.ray_address,
+                ray_max_retries=args.ray_max_retries,
+                progress_bar=args.progress,
+            )
+        except KeyboardInterrupt:  # run_grid said what was done and how to resume
+            return 130
+        if failures:
+            return 1
     elif args.command == "cost":
         from sb3_ppo_variants.benchmark.cost import run_cost_benchmark
 

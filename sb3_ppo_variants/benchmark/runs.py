@@ -1,13 +1,20 @@
 """One training run with periodic evaluation, saved as a small JSON file.
 
 A run is identified by task, algorithm, learning-rate scale and seed; a finished run's file
-is never recomputed, so an interrupted sweep resumes where it stopped.
+is never recomputed, so an interrupted sweep resumes where it stopped. ``run_grid`` runs a grid
+of them here, in local worker processes or on a Ray cluster (``executors``), and writes each file.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
+import tempfile
 import time
+import traceback
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +27,8 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 
 from sb3_ppo_variants.benchmark.algorithms import ALGORITHMS
+from sb3_ppo_variants.benchmark.executors import Executor, InProcess, ProcessPool, RayTasks, describe, execute
+from sb3_ppo_variants.benchmark.progress import GridProgress
 from sb3_ppo_variants.benchmark.tasks import TASKS, Task
 
 N_EVAL_EPISODES = 5
@@ -153,6 +162,51 @@ def train_and_evaluate(
     }
 
 
+@dataclass(frozen=True)
+class Run:
+    """One point of a grid: what ``run_path`` names and ``train_and_evaluate`` trains."""
+
+    task: str
+    algorithm: str
+    learning_rate_scale: float
+    seed: int
+
+    def __str__(self) -> str:
+        return f"{self.task} {self.algorithm} lr×{self.learning_rate_scale:g} seed {self.seed}"
+
+    def path(self, directory: Path) -> Path:
+        return run_path(directory, self.task, self.algorithm, self.learning_rate_scale, self.seed)
+
+
+def train_run(run: Run, timesteps: int | None = None, threads: int = 1) -> dict[str, Any]:
+    """``train_and_evaluate`` with ``threads`` torch threads, in whichever process or node runs it."""
+    th.set_num_threads(threads)
+    return train_and_evaluate(run.task, run.algorithm, run.seed, run.learning_rate_scale, timesteps)
+
+
+def write_run(path: Path, result: dict[str, Any]) -> None:
+    """Write a run's file whole or not at all: a temporary file in the same folder, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp", delete=False
+    ) as file:
+        json.dump(result, file)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(file.name, path)
+
+
+def grid(tasks: list[str], algorithms: list[str], seeds: list[int], learning_rate_scales: list[float]) -> list[Run]:
+    """Every combination, seeds outermost so partial results stay balanced."""
+    return [
+        Run(task, algorithm, scale, seed)
+        for seed in seeds
+        for task in tasks
+        for scale in learning_rate_scales
+        for algorithm in algorithms
+    ]
+
+
 def run_grid(
     directory: Path,
     tasks: list[str],
@@ -160,23 +214,62 @@ def run_grid(
     seeds: list[int],
     learning_rate_scales: list[float],
     timesteps: int | None = None,
-) -> None:
-    """Run every combination not already on disk, seeds outermost so partial results stay balanced."""
-    for seed in seeds:
-        for task in tasks:
-            for scale in learning_rate_scales:
-                for algorithm in algorithms:
-                    path = run_path(directory, task, algorithm, scale, seed)
-                    if path.exists():
-                        continue
-                    result = train_and_evaluate(task, algorithm, seed, scale, timesteps)
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    temporary = path.with_suffix(".tmp")
-                    temporary.write_text(json.dumps(result))
-                    temporary.replace(path)
-                    final = result["evaluations"][-1]["eval_return"]
-                    print(
-                        f"{task} {algorithm} lr×{scale:g} seed {seed}: return {final:.1f}, "
-                        f"{result['train_seconds']:.1f} s training, {result['wall_seconds']:.1f} s total",
-                        flush=True,
-                    )
+    threads: int = 1,
+    workers: int = 1,
+    ray_address: str | None = None,
+    ray_max_retries: int = 3,
+    progress_bar: bool = False,
+) -> list[tuple[Run, str]]:
+    """Run every combination not already on disk; return the runs that failed, with their error.
+
+    ``workers`` runs at a time in local processes (1: in this process), or, with ``ray_address``,
+    each run is a Ray task on that cluster asking for ``threads`` CPUs. Either way this process
+    writes every result, so an interrupted grid resumes where it stopped and the cluster needs
+    no shared filesystem.
+    """
+    runs = grid(tasks, algorithms, seeds, learning_rate_scales)
+    to_run = [run for run in runs if not run.path(directory).exists()]
+    if not to_run:
+        return []
+    executor: Executor
+    if ray_address is not None:
+        executor = RayTasks(ray_address, cpus_per_item=threads, max_retries=ray_max_retries)
+        where = f"on the Ray cluster at {ray_address}, {threads} CPU(s) per run"
+    elif min(workers, len(to_run)) > 1:
+        executor = ProcessPool(min(workers, len(to_run)))
+        where = f"in {executor.workers} worker processes, {threads} torch thread(s) each"
+    else:
+        executor = InProcess()
+        where = f"in this process, {threads} torch thread(s)"
+    print(f"{len(to_run)} of {len(runs)} runs to do ({len(runs) - len(to_run)} on disk) {where}", flush=True)
+
+    progress = GridProgress(len(to_run), bar=progress_bar)
+    failures: list[tuple[Run, str]] = []
+    outcomes = execute(executor, partial(train_run, timesteps=timesteps, threads=threads), to_run, progress)
+    try:
+        for outcome in outcomes:
+            if outcome.result is not None:
+                write_run(outcome.item.path(directory), outcome.result)
+                progress.finished(f"{outcome.item}: {_final_line(outcome.result)}")
+            else:
+                assert outcome.error is not None
+                failures.append((outcome.item, describe(outcome.error)))
+                print(f"{outcome.item} failed:", file=sys.stderr)
+                traceback.print_exception(outcome.error, file=sys.stderr)
+                progress.finished(f"{outcome.item}: FAILED, {failures[-1][1]}", failed=True)
+    except KeyboardInterrupt:
+        outcomes.close()  # stops the workers
+        progress.close()
+        print(f"interrupted: {progress.summary()}; run the same command again to resume", file=sys.stderr)
+        raise
+    progress.close()
+    if failures:
+        print(f"{len(failures)} of {len(to_run)} runs failed:", file=sys.stderr)
+        for run, error in failures:
+            print(f"  {run}: {error}", file=sys.stderr)
+    return failures
+
+
+def _final_line(result: dict[str, Any]) -> str:
+    final = result["evaluations"][-1]["eval_return"]
+    return f"return {final:.1f}, {result['train_seconds']:.1f} s training, {result['wall_seconds']:.1f} s total"
