@@ -133,3 +133,24 @@ def test_collapse_table_counts_rates_and_tests_against_ppo(tmp_path) -> None:
     assert pd.isna(table.loc["ppo", "p_vs_ppo"])
     low, high = scipy_stats.binomtest(3, 4).proportion_ci(method="wilson")
     assert (table.loc["ppo", "rate_low"], table.loc["ppo", "rate_high"]) == pytest.approx((low, high))
+
+
+def test_the_study_command_writes_tables_and_figures(tmp_path, capsys) -> None:
+    from sb3_ppo_variants.benchmark.__main__ import main
+
+    for seed in range(3):
+        _write_run(tmp_path / "runs", "ppo", seed, [500.0] * 4 + [9.0] * 4)
+        _write_run(tmp_path / "runs", "logit", seed, [500.0] * 8)
+    args = ["study", "--runs", str(tmp_path / "runs"), "--output", str(tmp_path / "out"), "--bootstrap-reps", "50"]
+    assert main(args) == 0
+    table = pd.read_csv(tmp_path / "out" / "collapse_study.csv").set_index("algorithm")
+    assert table.loc["ppo", "collapsed"] == 3 and table.loc["logit", "collapsed"] == 0
+    assert table.loc["logit", "p_vs_ppo"] == pytest.approx(scipy_stats.fisher_exact([[0, 3], [3, 0]]).pvalue)
+    for name in (
+        "collapse_study_runs.csv",
+        "collapse_study.md",
+        "collapse_study_rates.png",
+        "collapse_study_curves.png",
+    ):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    assert "pilot/CartPole-v1-shared" in capsys.readouterr().out

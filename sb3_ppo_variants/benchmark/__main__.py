@@ -3,7 +3,9 @@
 - ``cost``: ``train()`` time on one shared rollout and end-to-end FPS, as ratios against SB3's PPO;
 - ``learn``: every algorithm on every task for several seeds, with periodic greedy evaluation;
 - ``collapse``: the same runs across learning-rate scales (the step-size sweep);
-- ``report``: tables (CSV, Markdown) and PNG plots from the runs on disk.
+- ``report``: tables (CSV, Markdown) and PNG plots from the runs on disk;
+- ``study``: the collapse study's outcomes, collapse rates with intervals and tests, and plots
+  (the definition in ``collapse_study.py`` and ``docs/benchmarks.md``).
 
 Runs already on disk are skipped, so ``learn`` and ``collapse`` resume after an interruption. They run
 ``--workers`` runs at once in local processes, or every run as a task on a Ray cluster (``--ray-address``);
@@ -87,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--plots", type=Path, default=None, help="directory for the PNGs (default: --output)")
     report.add_argument("--bootstrap-reps", type=int, default=2000)
 
+    study = subcommands.add_parser("study", help="collapse rates with Wilson intervals and Fisher tests against PPO")
+    study.add_argument("--runs", type=Path, required=True, help="directory of the runs to classify")
+    study.add_argument("--output", type=Path, required=True, help="directory for the CSV/Markdown tables")
+    study.add_argument("--plots", type=Path, default=None, help="directory for the PNGs (default: --output)")
+    study.add_argument("--name", default="collapse_study", help="prefix of the files written")
+    study.add_argument("--bootstrap-reps", type=int, default=2000)
+
     args = parser.parse_args(argv)
 
     if args.command in ("learn", "collapse"):
@@ -129,6 +138,13 @@ def main(argv: list[str] | None = None) -> int:
         from sb3_ppo_variants.benchmark.report import write_report
 
         write_report(args.runs, args.output, args.plots or args.output, bootstrap_reps=args.bootstrap_reps)
+    elif args.command == "study":
+        from sb3_ppo_variants.benchmark.collapse_study import write_study_report
+
+        table = write_study_report(
+            args.runs, args.output, args.plots or args.output, args.name, bootstrap_reps=args.bootstrap_reps
+        )
+        print(table.to_string(index=False))
     return 0
 
 
