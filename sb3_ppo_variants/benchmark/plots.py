@@ -17,7 +17,7 @@ from sb3_ppo_variants.benchmark.algorithms import ALGORITHMS, LABELS
 COLOURS = {
     "ppo": "#000000",
     **{
-        name: matplotlib.colors.to_hex(plt.get_cmap("tab20").colors[index % 20])
+        name: matplotlib.colors.to_hex(plt.get_cmap("tab20")(index % 20))
         for index, name in enumerate(name for name in ALGORITHMS if name != "ppo")
     },
 }

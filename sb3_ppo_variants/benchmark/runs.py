@@ -115,7 +115,7 @@ class PeriodicEvaluation(BaseCallback):
         return {
             key.removeprefix("train/"): round(float(value), 6)
             for key, value in self.model.logger.name_to_value.items()
-            if key.startswith("train/") and np.isscalar(value)
+            if key.startswith("train/") and isinstance(value, (int, float, np.number))
         }
 
     def _on_training_start(self) -> None:

@@ -158,7 +158,7 @@ SHARED_TRUNK: dict[str, Any] = dict(
 )
 
 
-def _pilot(env_id: str, shared: bool, **scores: float) -> Task:
+def _pilot(env_id: str, shared: bool, random_score: float, max_score: float, threshold: float) -> Task:
     hyperparameters = dict(PILOT_HYPERPARAMETERS)
     if shared:
         hyperparameters["policy_kwargs"] = SHARED_TRUNK
@@ -169,17 +169,19 @@ def _pilot(env_id: str, shared: bool, **scores: float) -> Task:
         linear_learning_rate=False,
         timesteps=300_000,
         eval_every=10_000,
-        **scores,
+        random_score=random_score,
+        max_score=max_score,
+        threshold=threshold,
     )
 
 
-_CARTPOLE_SCORES = dict(random_score=23.7, max_score=500.0, threshold=475.0)
-_ACROBOT_SCORES = dict(random_score=-497.1, max_score=-60.0, threshold=-100.0)
+_CARTPOLE_SCORES = (23.7, 500.0, 475.0)
+_ACROBOT_SCORES = (-497.1, -60.0, -100.0)
 TASKS.update(
     {
-        "pilot/CartPole-v1-separate": _pilot("CartPole-v1", False, **_CARTPOLE_SCORES),
-        "pilot/CartPole-v1-shared": _pilot("CartPole-v1", True, **_CARTPOLE_SCORES),
-        "pilot/Acrobot-v1-separate": _pilot("Acrobot-v1", False, **_ACROBOT_SCORES),
-        "pilot/Acrobot-v1-shared": _pilot("Acrobot-v1", True, **_ACROBOT_SCORES),
+        "pilot/CartPole-v1-separate": _pilot("CartPole-v1", False, *_CARTPOLE_SCORES),
+        "pilot/CartPole-v1-shared": _pilot("CartPole-v1", True, *_CARTPOLE_SCORES),
+        "pilot/Acrobot-v1-separate": _pilot("Acrobot-v1", False, *_ACROBOT_SCORES),
+        "pilot/Acrobot-v1-shared": _pilot("Acrobot-v1", True, *_ACROBOT_SCORES),
     }
 )
