@@ -10,6 +10,7 @@ import pytest
 import torch as th
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.utils import LinearSchedule
 
 from sb3_ppo_variants import SPOPPO, KLPenaltyPPO, LogitPPO, PeakedPPO, RescaledPPO, VariantPPO
 
@@ -33,16 +34,22 @@ def _evaluate(model, env_id, seed, episodes=10):
         (PeakedPPO, {}),
         (RescaledPPO, {}),
         (SPOPPO, {}),
-        # unclipped steps: 20 epochs per rollout overshoot, the KL form gets 10
-        (KLPenaltyPPO, dict(n_epochs=10)),
+        # the shipped ppo_kl CartPole-v1 entry: unclipped steps of 20 epochs per rollout overshoot, the KL form
+        # gets 10, and a learning rate decaying linearly to 0 (with a constant 1e-3 both seeds stay near 120)
+        (KLPenaltyPPO, dict(n_epochs=10, learning_rate=LinearSchedule(1e-3, 0.0, 1.0))),
         (VariantPPO, dict(value_grad_rescaling="per_batch", delta_target_policy="logit", peaked_policy_loss=0.3)),
     ],
 )
 def test_learns_cartpole(cls, options):
+    # the mean over two seeds: one seed's score after 25k steps flips between ~120 and 500 with changes of
+    # float rounding in the 7th digit of the parameters, which says nothing about the algorithm
     th.set_num_threads(1)
-    model = cls("MlpPolicy", make_vec_env("CartPole-v1", n_envs=8, seed=1), seed=1, **(CARTPOLE | options))
-    model.learn(25_000)
-    assert _evaluate(model, "CartPole-v1", seed=101) >= 150
+    scores = []
+    for seed in (1, 2):
+        model = cls("MlpPolicy", make_vec_env("CartPole-v1", n_envs=8, seed=seed), seed=seed, **(CARTPOLE | options))
+        model.learn(25_000)
+        scores.append(_evaluate(model, "CartPole-v1", seed=100 + seed))
+    assert sum(scores) / len(scores) >= 150, scores
 
 
 @pytest.mark.slow
