@@ -154,3 +154,8 @@ def test_the_study_command_writes_tables_and_figures(tmp_path, capsys) -> None:
     ):
         assert (tmp_path / "out" / name).stat().st_size > 0
     assert "pilot/CartPole-v1-shared" in capsys.readouterr().out
+
+
+def test_wilson_bounds_are_exact_at_the_edges() -> None:
+    assert wilson_interval(0, 11)[0] == 0.0
+    assert wilson_interval(7, 7)[1] == 1.0

@@ -126,7 +126,10 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
     proportion = successes / trials
     centre = (proportion + z * z / (2 * trials)) / (1 + z * z / trials)
     half = z * math.sqrt(proportion * (1 - proportion) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # the bounds are exactly 0 with no successes and 1 with no failures (the formula rounds to ±1e-17 there)
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == trials else min(1.0, centre + half)
+    return (low, high)
 
 
 def _normal_quantile(probability: float) -> float:
