@@ -34,10 +34,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch as th
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback, EventCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import HumanOutputFormat, KVWriter
-from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.save_util import load_from_zip_file, recursive_getattr, recursive_setattr
 from stable_baselines3.common.type_aliases import Schedule
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, sync_envs_normalization
@@ -347,10 +348,10 @@ class HealthRecorder(BaseCallback):
             actions = actions.long().flatten()
         values, log_prob, _ = policy.evaluate_actions(observations, actions)
         if self.shared_names is None:
-            distribution = policy.get_distribution(observations).distribution
-            head = getattr(distribution, "logits", None)
-            head = head if head is not None else distribution.mean  # type: ignore[attr-defined]
-            shared = health.shared_parameters(head, values, policy.named_parameters())
+            # The log-probability reaches every parameter the action head reads, for any
+            # action distribution (a Categorical's logits, a Gaussian's mean, one Categorical
+            # per dimension of a MultiDiscrete).
+            shared = health.shared_parameters(log_prob, values, policy.named_parameters())
             self.shared_names = [name for name, _ in shared]
             if not shared:
                 self._warn_once(
@@ -744,6 +745,7 @@ class CollapseCallback(EventCallback):
     def _collect_probe(self) -> np.ndarray | None:
         env = self._probe_env()
         if env is not None and self.best_model_path is not None:
+            best: BasePolicy | BaseAlgorithm
             try:
                 best = diagnosis_module.load_policy(self.best_model_path, device="cpu")
             except ValueError:
