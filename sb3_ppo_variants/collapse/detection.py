@@ -47,7 +47,7 @@ from sb3_ppo_variants.collapse.probe import ProbeSource
 from sb3_ppo_variants.collapse.rollback import RollbackToBest
 from sb3_ppo_variants.collapse.training_diagnostics import DiagnosticsTap, TrainingDiagnostics
 
-__all__ = ["CollapseCallback", "CollapseOnEval", "CollapseOnRollout", "default_save_dir"]
+__all__ = ["CollapseCallback", "CollapseOnEval", "CollapseOnRollout", "default_save_dir", "describe_collapse"]
 
 
 class CollapseCallback(EventCallback):
@@ -292,27 +292,15 @@ class CollapseCallback(EventCallback):
         kept = self.save_dir / f"collapse_{index}_{BEST_MODEL_FILE}"
         shutil.copyfile(self.best_model_path, kept)
 
-        # Updates at T < last good return shaped the good policy; updates with
-        # last good <= T < detection are the ones that can have caused the drop.
-        before, during = self.training_diagnostics.around(
-            self.detector.first_cause_timesteps(), timesteps, self.diagnostics_window
-        )
-        last_good = self.detector.last_good_timesteps
-        event = CollapseEvent(
-            index=index,
-            source=self.source,
-            detected_timesteps=int(timesteps),
-            drop_start_timesteps=self.detector.drop_start_timesteps,
-            last_good_timesteps=int(last_good if last_good is not None else self.best_timesteps or 0),
-            best_timesteps=self.best_timesteps,
-            best_return=self.best_return,
-            threshold=self.threshold,
-            return_at_detection=float(value),
-            returns_below=list(self.detector.below_returns),
-            checkpoint=kept.name,
-            diagnostics_before=self.training_diagnostics.summarise(before),
-            diagnostics_during=self.training_diagnostics.summarise(during),
-            diagnostics_window=[dict(row) for row in before + during],
+        event = describe_collapse(
+            index,
+            self.source,
+            self.detector,
+            timesteps,
+            value,
+            kept.name,
+            self.training_diagnostics,
+            self.diagnostics_window,
         )
         self.record.events.append(event)
         if self.ring is not None:
@@ -375,6 +363,41 @@ class CollapseCallback(EventCallback):
         self.record.best_return = self.best_return
         self.record.best_timesteps = self.best_timesteps
         self.record.write(self.save_dir)
+
+
+def describe_collapse(
+    index: int,
+    source: str,
+    detector: DropDetector,
+    timesteps: int,
+    value: float,
+    checkpoint: str,
+    diagnostics: TrainingDiagnostics,
+    window: int,
+) -> CollapseEvent:
+    """The event of collapse ``index``, detected at ``timesteps``: the detector's account of the
+    drop, and the last ``window`` updates before it and those during it.
+    """
+    # Updates at T < last good return shaped the good policy; updates with
+    # last good <= T < detection are the ones that can have caused the drop.
+    before, during = diagnostics.around(detector.first_cause_timesteps(), timesteps, window)
+    last_good = detector.last_good_timesteps
+    return CollapseEvent(
+        index=index,
+        source=source,
+        detected_timesteps=int(timesteps),
+        drop_start_timesteps=detector.drop_start_timesteps,
+        last_good_timesteps=int(last_good if last_good is not None else detector.best_timesteps or 0),
+        best_timesteps=detector.best_timesteps,
+        best_return=detector.best_return,
+        threshold=detector.threshold,
+        return_at_detection=float(value),
+        returns_below=list(detector.below_returns),
+        checkpoint=checkpoint,
+        diagnostics_before=diagnostics.summarise(before),
+        diagnostics_during=diagnostics.summarise(during),
+        diagnostics_window=[dict(row) for row in before + during],
+    )
 
 
 def default_save_dir(logger: Logger, run_dir: str | None) -> Path:
