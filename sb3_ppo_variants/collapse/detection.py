@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch as th
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback, EventCallback
 from stable_baselines3.common.logger import HumanOutputFormat, Logger
 from stable_baselines3.common.vec_env import VecEnv
@@ -305,10 +306,13 @@ class CollapseCallback(EventCallback):
         self.record.events.append(event)
         if self.ring is not None:
             self.ring.keep(event)
-        if self.probe_size and (observations := self._collect_probe()) is not None:
-            explain_collapse(
-                event, self.save_dir, observations, self.ring, self.best_model_path, self.diagnose, self.verbose
-            )
+        # Loading a checkpoint initialises a fresh network and the probe samples actions, both
+        # from torch's global generator: a forked one leaves training as it would be unwatched.
+        with th.random.fork_rng():
+            if self.probe_size and (observations := self._collect_probe()) is not None:
+                explain_collapse(
+                    event, self.save_dir, observations, self.ring, self.best_model_path, self.diagnose, self.verbose
+                )
         self._write_record()
         self.logger.record("collapse/n_collapses", self.n_collapses)
         if self.verbose >= 1:

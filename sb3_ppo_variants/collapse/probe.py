@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.vec_env import VecEnv
@@ -44,10 +43,7 @@ class ProbeSource:
                 best = diagnosis.load_policy(best_model_path, device="cpu")
             except ValueError:
                 best = algorithm.load(best_model_path, device="cpu")
-            # Sampled actions draw from torch's global generator: fork it, so that training
-            # after a collapse goes on as it would have without the monitor.
-            with th.random.fork_rng():
-                return diagnosis.collect_probe(best, env, self.size, seed=0)
+            return diagnosis.collect_probe(best, env, self.size, seed=0)
         if self.best_rollout is not None:
             return self.best_rollout[: self.size]
         return None
