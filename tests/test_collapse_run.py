@@ -136,3 +136,42 @@ def test_report_draws_the_diagnosis(run, tmp_path):
     assert "Diagnosis of collapse 1" in page
     assert "No single layer" in page
     assert "features_extractor.trunk.1" in page
+
+
+def _train_with_flip(on_eval: CollapseOnEval | None) -> PPO:
+    switch = RewardSwitch()
+    model = PPO(
+        "MlpPolicy",
+        make_env(switch, seed=0),
+        n_steps=N_STEPS,
+        batch_size=64,
+        n_epochs=4,
+        learning_rate=3e-3,
+        seed=0,
+        device="cpu",
+        policy_kwargs=dict(
+            features_extractor_class=MlpTrunk, features_extractor_kwargs=dict(hidden_sizes=(16, 16)), net_arch=[]
+        ),
+    )
+    evaluation = EvalCallback(
+        make_env(switch, seed=123), eval_freq=N_STEPS, n_eval_episodes=5, callback_after_eval=on_eval, verbose=0
+    )
+    model.learn(FLIP_AT + 6 * N_STEPS, callback=[FlipRewardAt(switch, FLIP_AT), evaluation])
+    return model
+
+
+@pytest.mark.slow
+def test_a_diagnosed_collapse_leaves_training_unchanged(tmp_path):
+    # Loading checkpoints builds fresh networks and the probe samples actions: neither may
+    # draw from the generator training uses, or a monitored run would not be the run it watches.
+    threads = th.get_num_threads()
+    th.set_num_threads(1)
+    on_eval = CollapseOnEval(margin=0.5, patience=2, keep_checkpoints=2, probe_size=400, save_path=tmp_path)
+    monitored = _train_with_flip(on_eval)
+    plain = _train_with_flip(None)
+    th.set_num_threads(threads)
+    assert on_eval.n_collapses >= 1 and all(event.diagnosis is not None for event in on_eval.events)
+    monitored_state, plain_state = monitored.policy.state_dict(), plain.policy.state_dict()
+    assert monitored_state.keys() == plain_state.keys()
+    for name, tensor in monitored_state.items():
+        assert th.equal(tensor, plain_state[name]), name

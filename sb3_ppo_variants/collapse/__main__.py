@@ -34,18 +34,20 @@ def _diagnose(args: argparse.Namespace) -> int:
 def _collect_probe(args: argparse.Namespace) -> int:
     from stable_baselines3.common.env_util import make_atari_env, make_vec_env
     from stable_baselines3.common.preprocessing import is_image_space
-    from stable_baselines3.common.vec_env import VecFrameStack, VecNormalize, VecTransposeImage
+    from stable_baselines3.common.vec_env import VecEnv, VecFrameStack, VecNormalize, VecTransposeImage
 
     from sb3_ppo_variants.collapse.diagnosis import collect_probe, load_policy, save_probe
 
     policy = load_policy(args.model)
+    env: VecEnv
     if args.atari:
         env = VecFrameStack(make_atari_env(args.env, n_envs=1, seed=args.seed), n_stack=4)
     else:
         env = make_vec_env(args.env, n_envs=1, seed=args.seed)
     if args.vecnormalize is not None:
-        env = VecNormalize.load(str(args.vecnormalize), env)
-        env.training, env.norm_reward = False, False
+        normalized = VecNormalize.load(str(args.vecnormalize), env)
+        normalized.training, normalized.norm_reward = False, False
+        env = normalized
     if env.observation_space.shape != policy.observation_space.shape:
         # SB3 transposes channel-last images for a CNN policy.
         if is_image_space(env.observation_space) and (

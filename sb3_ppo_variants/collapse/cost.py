@@ -20,7 +20,7 @@ import torch as th
 from stable_baselines3 import PPO
 from stable_baselines3.common.logger import configure
 
-from sb3_ppo_variants.collapse.callbacks import HealthRecorder
+from sb3_ppo_variants.collapse.health_recorder import HealthRecorder
 from sb3_ppo_variants.policies import MlpTrunk
 
 

@@ -75,7 +75,8 @@ def load_policy(path: str | Path, device: str = "cpu") -> ActorCriticPolicy:
 def save_probe(path: str | Path, observations: np.ndarray, **metadata: Any) -> Path:
     """Write a probe batch: the observations as the policy sees them (after any VecNormalize)."""
     path = Path(path)
-    np.savez_compressed(path, observations=observations, **{key: np.asarray(value) for key, value in metadata.items()})
+    arrays = {"observations": observations, **{key: np.asarray(value) for key, value in metadata.items()}}
+    np.savez_compressed(path, allow_pickle=True, **arrays)
     return path
 
 
@@ -203,8 +204,9 @@ def weight_deltas(layers: Mapping[str, Sequence[str]], good: StateDict, bad: Sta
     """Per layer: the norm of the good weights, of the change, and their ratio."""
     rows = []
     for layer, names in layers.items():
-        good_norm = float(th.sqrt(sum(good[name].double().pow(2).sum() for name in names)))
-        delta_norm = float(th.sqrt(sum((bad[name] - good[name]).double().pow(2).sum() for name in names)))
+        zero = th.zeros((), dtype=th.float64)
+        good_norm = float(th.sqrt(sum((good[name].double().pow(2).sum() for name in names), zero)))
+        delta_norm = float(th.sqrt(sum(((bad[name] - good[name]).double().pow(2).sum() for name in names), zero)))
         n_params = sum(good[name].numel() for name in names)
         rows.append(
             {

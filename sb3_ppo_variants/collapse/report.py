@@ -35,7 +35,6 @@ import numpy as np
 import pandas as pd
 from stable_baselines3.common.monitor import LoadMonitorResultsError, load_results
 
-from sb3_ppo_variants.collapse.callbacks import DIAGNOSTIC_KEYS, DIAGNOSTIC_NAMES
 from sb3_ppo_variants.collapse.diagnosis import Diagnosis
 from sb3_ppo_variants.collapse.events import (
     DIAGNOSTICS_FILE,
@@ -46,6 +45,7 @@ from sb3_ppo_variants.collapse.events import (
     CollapseEvent,
     MonitorRecord,
 )
+from sb3_ppo_variants.collapse.training_diagnostics import DIAGNOSTIC_KEYS, DIAGNOSTIC_NAMES
 
 __all__ = ["RunLogs", "load_run", "main", "render_diagnosis_png", "render_html", "render_png"]
 
