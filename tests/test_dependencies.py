@@ -27,6 +27,8 @@ RUNTIME_MODULES = [
     ("rich", "rich", None, "rl_zoo3 --progress"),
     ("matplotlib", "matplotlib", None, "the collapse report's figures"),
     ("seaborn", "seaborn", None, "the rl_zoo3 console script (it imports the zoo's plots)"),
+    ("scipy", "scipy", None, "the rl_zoo3 console script (it imports the zoo's plots)"),
+    ("pytablewriter", "pytablewriter", None, "the rl_zoo3 console script (it imports the zoo's plots)"),
     ("psycopg2", "psycopg2-binary", "postgres", "rl_zoo3 -optimize --storage postgresql://..."),
     ("rliable", "rliable", "bench", "python -m sb3_ppo_variants.benchmark report"),
     ("minatar", "minatar", "bench", "the benchmark's MinAtar tasks"),
