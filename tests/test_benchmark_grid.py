@@ -8,38 +8,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from run_records import without_timing
+from run_records import benchmark, without_timing
 
 from sb3_ppo_variants.benchmark.executors import InProcess, ProcessPool, describe, execute
 from sb3_ppo_variants.benchmark.progress import GridProgress
 from sb3_ppo_variants.benchmark.runs import Run, grid, run_grid, write_run
 from sb3_ppo_variants.benchmark.tasks import TASKS
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--tasks", "CartPole-v1", "--algorithms", "ppo", "--lr-scales", "1", "--timesteps", "512", "--threads", "1"]
-
-
-def benchmark(*arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """The real command, importing this checkout's package."""
-    environment = {
-        **os.environ,
-        "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-        "OMP_NUM_THREADS": "1",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "sb3_ppo_variants.benchmark", *arguments],
-        cwd=cwd,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def read_runs(directory: Path) -> dict[str, Any]:

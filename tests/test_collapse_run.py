@@ -29,15 +29,11 @@ N_STEPS = 128
 FLIP_AT = 768
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    threads = th.get_num_threads()
-    th.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("run")
-    switch = RewardSwitch()
-    model = PPO(
+def _flip_model(switch: RewardSwitch, monitor_file: str | None = None) -> PPO:
+    """PPO with a shared 16-16 trunk on the environment whose reward the switch flips."""
+    return PPO(
         "MlpPolicy",
-        make_env(switch, seed=0, monitor_file=str(folder / "0")),
+        make_env(switch, seed=0, monitor_file=monitor_file),
         n_steps=N_STEPS,
         batch_size=64,
         n_epochs=4,
@@ -48,6 +44,15 @@ def run(tmp_path_factory):
             features_extractor_class=MlpTrunk, features_extractor_kwargs=dict(hidden_sizes=(16, 16)), net_arch=[]
         ),
     )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    threads = th.get_num_threads()
+    th.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("run")
+    switch = RewardSwitch()
+    model = _flip_model(switch, monitor_file=str(folder / "0"))
     model.set_logger(configure(str(folder), ["csv"]))
     rollback = RollbackToBest(lr_scale=0.5)
     on_eval = CollapseOnEval(margin=0.5, patience=2, keep_checkpoints=2, probe_size=400, callback_on_collapse=rollback)
@@ -140,19 +145,7 @@ def test_report_draws_the_diagnosis(run, tmp_path):
 
 def _train_with_flip(on_eval: CollapseOnEval | None) -> PPO:
     switch = RewardSwitch()
-    model = PPO(
-        "MlpPolicy",
-        make_env(switch, seed=0),
-        n_steps=N_STEPS,
-        batch_size=64,
-        n_epochs=4,
-        learning_rate=3e-3,
-        seed=0,
-        device="cpu",
-        policy_kwargs=dict(
-            features_extractor_class=MlpTrunk, features_extractor_kwargs=dict(hidden_sizes=(16, 16)), net_arch=[]
-        ),
-    )
+    model = _flip_model(switch)
     evaluation = EvalCallback(
         make_env(switch, seed=123), eval_freq=N_STEPS, n_eval_episodes=5, callback_after_eval=on_eval, verbose=0
     )
