@@ -21,6 +21,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -122,7 +123,7 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
     """Wilson score interval for a binomial proportion (Wilson 1927); ``(nan, nan)`` without trials."""
     if trials == 0:
         return (math.nan, math.nan)
-    z = _normal_quantile(0.5 + confidence / 2)
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
     proportion = successes / trials
     centre = (proportion + z * z / (2 * trials)) / (1 + z * z / trials)
     half = z * math.sqrt(proportion * (1 - proportion) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
@@ -130,18 +131,6 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
     low = 0.0 if successes == 0 else max(0.0, centre - half)
     high = 1.0 if successes == trials else min(1.0, centre + half)
     return (low, high)
-
-
-def _normal_quantile(probability: float) -> float:
-    """Inverse of the standard normal CDF, by bisection on ``erf`` (exact to float precision)."""
-    low, high = -10.0, 10.0
-    for _ in range(200):
-        middle = (low + high) / 2
-        if 0.5 * (1 + math.erf(middle / math.sqrt(2))) < probability:
-            low = middle
-        else:
-            high = middle
-    return (low + high) / 2
 
 
 def fisher_exact(a: int, b: int, c: int, d: int) -> float:
@@ -172,7 +161,8 @@ def holm_adjusted(p_values: Sequence[float]) -> list[float]:
 
 
 def load_outcomes(directory: Path, definition: CollapseDefinition | None = None) -> pd.DataFrame:
-    """One row per run file under ``directory``: the run's identity and its ``RunOutcome``."""
+    """One row per run file under ``directory``: the run's identity, its ``RunOutcome``, and its evaluation
+    steps and normalised scores (``CURVE_COLUMNS``)."""
     from sb3_ppo_variants.benchmark.tasks import TASKS
 
     definition = definition or CollapseDefinition()
@@ -191,12 +181,15 @@ def load_outcomes(directory: Path, definition: CollapseDefinition | None = None)
                 "seed": run["seed"],
                 "timesteps": run["timesteps"],
                 **outcome.as_dict(),
+                "steps": [e["step"] for e in evaluations],
+                "scores": scores.tolist(),
             }
         )
     return pd.DataFrame(rows)
 
 
 SETTING = ["task", "learning_rate"]
+CURVE_COLUMNS = ["steps", "scores"]
 
 
 def collapse_table(outcomes: pd.DataFrame, baseline: str = "ppo") -> pd.DataFrame:
@@ -297,7 +290,7 @@ def plot_collapse_rates(table: pd.DataFrame, path: Path) -> None:
     plt.close(figure)
 
 
-def plot_run_curves(directory: Path, outcomes: pd.DataFrame, path: Path) -> None:
+def plot_run_curves(outcomes: pd.DataFrame, path: Path) -> None:
     """Every run's normalised evaluation score: one row per setting, one panel per algorithm, collapses marked."""
     import matplotlib
 
@@ -305,17 +298,12 @@ def plot_run_curves(directory: Path, outcomes: pd.DataFrame, path: Path) -> None
     import matplotlib.pyplot as plt
 
     from sb3_ppo_variants.benchmark.plots import colour, label
-    from sb3_ppo_variants.benchmark.tasks import TASKS
 
     settings = sorted(outcomes.groupby(SETTING).groups)
     algorithms = sorted(outcomes["algorithm"].unique(), key=lambda name: (name != "ppo", name))
     figure, axes = plt.subplots(
         len(settings), len(algorithms), figsize=(2.6 * len(algorithms), 2.2 * len(settings)), squeeze=False, sharey=True
     )
-    runs = {}
-    for file in directory.glob("*/*.json"):
-        run = json.loads(file.read_text())
-        runs[(run["task"], run["learning_rate"], run["algorithm"], run["seed"])] = run
     for row, (task, learning_rate) in enumerate(settings):
         for column, algorithm in enumerate(algorithms):
             axis = axes[row][column]
@@ -323,13 +311,12 @@ def plot_run_curves(directory: Path, outcomes: pd.DataFrame, path: Path) -> None
                 (outcomes.task == task) & (outcomes.learning_rate == learning_rate) & (outcomes.algorithm == algorithm)
             ]
             for outcome in chosen.itertuples():
-                run = runs[(task, learning_rate, algorithm, outcome.seed)]
-                steps = [e["step"] for e in run["evaluations"]]
-                scores = normalised_score(
-                    [e["eval_return"] for e in run["evaluations"]], TASKS[task].random_score, TASKS[task].max_score
-                )
                 axis.plot(
-                    steps, scores, color="#d62728" if outcome.collapsed else colour(algorithm), linewidth=0.7, alpha=0.7
+                    outcome.steps,
+                    outcome.scores,
+                    color="#d62728" if outcome.collapsed else colour(algorithm),
+                    linewidth=0.7,
+                    alpha=0.7,
                 )
             axis.set_title(f"{label(algorithm)} ({int(chosen.collapsed.sum())}/{len(chosen)} collapsed)", fontsize=7)
             axis.tick_params(labelsize=6)
@@ -349,12 +336,12 @@ def write_study_report(
     if outcomes.empty:
         raise SystemExit(f"no run files under {directory}")
     output.mkdir(parents=True, exist_ok=True)
-    outcomes.to_csv(output / f"{name}_runs.csv", index=False)
+    outcomes.drop(columns=CURVE_COLUMNS).to_csv(output / f"{name}_runs.csv", index=False)
     table = collapse_table(outcomes)
     scores = score_intervals(outcomes, reps=bootstrap_reps)
     merged = table.merge(scores, on=[*SETTING, "algorithm"])
     merged.to_csv(output / f"{name}.csv", index=False)
     (output / f"{name}.md").write_text(merged.to_markdown(index=False, floatfmt=".3g") + "\n")
     plot_collapse_rates(table, plots / f"{name}_rates.png")
-    plot_run_curves(directory, outcomes, plots / f"{name}_curves.png")
+    plot_run_curves(outcomes, plots / f"{name}_curves.png")
     return merged
