@@ -6,6 +6,7 @@
 from sb3_ppo_variants.callbacks import CollapseMonitor
 from sb3_ppo_variants.variant_ppo import (
     SPOPPO,
+    TRPPO,
     DualClipPPO,
     KLPenaltyPPO,
     LogitPPO,
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 # the classes of registry.VARIANTS (tests/test_registry.py holds the two lists equal)
 __all__ = [
     "SPOPPO",
+    "TRPPO",
     "CollapseMonitor",
     "DualClipPPO",
     "KLPenaltyPPO",

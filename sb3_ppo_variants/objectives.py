@@ -262,15 +262,18 @@ def kl_trust_region_surrogate(
     and the ratio has moved in the improving direction, ``r A > A``. Per sample the objective is::
 
         r A                  not triggered
-        A                    triggered, α = 0   (TR-PPO: min(r A, A), no gradient)
+        sg(r A)              triggered, α = 0   (TR-PPO: no gradient)
         r A − α KL(s)        triggered, α > 0   (Truly PPO's TR-PPO-RB)
 
-    and the loss is its negative mean. ``dual_clip_bound = c`` applies ``dual_clip``.
+    and the loss is its negative mean; ``sg`` stops the gradient. TR-PPO's paper writes the triggered
+    objective as ``min(r A, A) = A``; the reference implementation (wangyuhuix/TrulyPPO, ``ppo2.py``) keeps
+    the value ``r A`` without its gradient, and so does this function, so that the logged loss is the
+    reference's. Both train identically. ``dual_clip_bound = c`` applies ``dual_clip``.
 
     :param ratio: ``r = π/π_old`` (``probability_ratio``).
     :param advantages: advantages ``A``.
     :param kl: exact per-state ``KL(π_old ‖ π)``, with gradient.
-    :param kl_bound: ``δ > 0``.
+    :param kl_bound: ``δ >= 0`` (0 at the end of a schedule: every improving sample is past the bound).
     :param alpha: rollback coefficient ``α >= 0``.
     :param dual_clip_bound: ``c > 1`` or ``None``.
     :return: scalar loss.
@@ -280,7 +283,7 @@ def kl_trust_region_surrogate(
     if alpha > 0.0:
         objective = th.where(triggered, objective - alpha * kl, objective)
     else:
-        objective = th.where(triggered, advantages, objective)
+        objective = th.where(triggered, objective.detach(), objective)
     loss = -objective
     if dual_clip_bound is not None:
         loss = dual_clip(loss, ratio, advantages, dual_clip_bound)

@@ -12,6 +12,7 @@ from typing import Any
 
 from sb3_ppo_variants.variant_ppo import (
     SPOPPO,
+    TRPPO,
     DualClipPPO,
     KLPenaltyPPO,
     LogitPPO,
@@ -65,6 +66,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("kl", KLPenaltyPPO, "ppo_kl", "KLPenaltyPPO", "sample_kl_params"),
     Variant("truly", TrulyPPO, "ppo_truly", "TrulyPPO", "sample_truly_params"),
     Variant("dual_clip", DualClipPPO, "ppo_dual_clip", "DualClipPPO", "sample_dual_clip_params"),
+    Variant("tr_ppo", TRPPO, "ppo_tr", "TRPPO", "sample_tr_params"),
 )
 
 ADAM_EQUAL_BETAS = {"optimizer_kwargs": {"betas": (0.99, 0.99)}}
@@ -76,7 +78,6 @@ CONFIGURATIONS: tuple[Configuration, ...] = (
     # the restoring slope α of the Truly PPO repository's PPO-RB (``ratio_rollback``, MuJoCo: slope 0.3)
     Configuration("rollback", VariantPPO, "VariantPPO α = 0.3", {"peaked_policy_loss": 0.3}),
     Configuration("clip_higher", VariantPPO, "VariantPPO Clip-Higher", {"clip_range_high": 0.28}),
-    Configuration("tr_ppo", VariantPPO, "VariantPPO TR-PPO", {"kl_trust_region": 0.03}),
     Configuration("espo", VariantPPO, "VariantPPO ESPO", {"ratio_change_limit": 0.2}),
     Configuration("pfo", VariantPPO, "VariantPPO PFO", {"feature_drift_coef": 1.0}),
     Configuration("adam_equal_betas", None, "PPO, Adam β1 = β2", {"policy_kwargs": ADAM_EQUAL_BETAS}),

@@ -24,7 +24,7 @@ from stable_baselines3.common.policies import (
     MultiInputActorCriticPolicy,
 )
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
-from stable_baselines3.common.utils import FloatSchedule, explained_variance, obs_as_tensor
+from stable_baselines3.common.utils import FloatSchedule, LinearSchedule, explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 from torch.nn import functional as F
@@ -68,11 +68,64 @@ def _allowed(values: tuple[Any, ...]) -> str:
     return ", ".join(repr(value) for value in values)
 
 
-def _clip_range_bounds(clip_range: float | Schedule) -> list[float]:
-    """Values of a clip range at the start and the end of training (a schedule is evaluated at both)."""
-    if callable(clip_range):
-        return [float(clip_range(1.0)), float(clip_range(0.0))]
-    return [float(clip_range)]
+SCHEDULE_CHECK_POINTS = 101
+"""A schedule is checked at this many evenly spaced values of the progress remaining, 1 down to 0."""
+LOGIT_CLIP_RANGE_MAX = 1.0 - 2.0**-24
+"""Largest ε the logit target uses: float32's last step below 1 (``objectives.target_ratio`` needs ε < 1)."""
+
+
+def as_schedule(value: float | str | Schedule) -> Schedule:
+    """A clip range or trust-region bound as a function of the progress remaining (1 at the start, 0 at the end).
+
+    A number is constant, a callable is used as it is, and rl-zoo3's string ``"lin_<initial>"`` decays
+    linearly from ``<initial>`` to 0, as the zoo expands it for ``clip_range``. The zoo passes that string
+    unexpanded for keys it does not know, such as ``kl_trust_region`` and ``clip_range_high``.
+    """
+    if isinstance(value, str):
+        kind, _, initial = value.partition("_")
+        if kind != "lin":
+            raise ValueError(f"a schedule string must be 'lin_<initial value>', got {value!r}")
+        try:
+            start = float(initial)
+        except ValueError:
+            raise ValueError(f"a schedule string must be 'lin_<initial value>', got {value!r}") from None
+        return LinearSchedule(start, 0.0, 1.0)
+    return FloatSchedule(value)
+
+
+def _schedule_values(name: str, value: float | str | Schedule) -> list[float]:
+    """The values a schedule takes over training (a number: itself), for the checks at construction."""
+    if isinstance(value, bool) or not (isinstance(value, (numbers.Real, str)) or callable(value)):
+        raise ValueError(f"{name} must be a float, a schedule or 'lin_<initial value>', got {value!r}")
+    if isinstance(value, numbers.Real):
+        return [float(value)]
+    try:
+        schedule = as_schedule(value)
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
+    return [float(schedule(step / (SCHEDULE_CHECK_POINTS - 1))) for step in range(SCHEDULE_CHECK_POINTS - 1, -1, -1)]
+
+
+def scheduled_value(schedule: Schedule, progress_remaining: float, upper: float = math.inf) -> float:
+    """A schedule's value for this update, never outside ``[0, upper]``, so that training cannot fail on it.
+
+    SB3 collects whole rollouts, so the last one can overshoot the budget and the progress remaining turn
+    slightly negative; a schedule is then read at its end (progress 0): a ``lin_`` clip range gives ε = 0,
+    which every surrogate handles (SB3's own ``PPO`` reads it at the negative progress, ε < 0). Between
+    the grid points checked at construction, a value outside the range is projected onto it.
+    """
+    value = float(schedule(max(progress_remaining, 0.0)))
+    if math.isnan(value):
+        value = float(schedule(0.0))  # checked at construction
+    return min(max(value, 0.0), upper)
+
+
+def _shown(values: list[float], low: float, high: float) -> str:
+    """A number as ``[value]``; a schedule by its start, its end and its first value outside ``[low, high)``."""
+    if len(values) == 1:
+        return repr(values)
+    outside = [value for value in values if not (math.isfinite(value) and low <= value < high)]
+    return f"a schedule from {values[0]!r} to {values[-1]!r} that reaches {outside[0]!r}" if outside else repr(values)
 
 
 def _is_real(value: Any) -> bool:
@@ -80,28 +133,49 @@ def _is_real(value: Any) -> bool:
 
 
 def check_clip_ranges(
-    clip_range: float | Schedule,
-    clip_range_high: float | Schedule | None = None,
+    clip_range: float | str | Schedule,
+    clip_range_high: float | str | Schedule | None = None,
     delta_target_policy: str = "absolute",
 ) -> None:
-    """Check clip ranges (numbers, or schedules at their start and end) where the maths needs it.
+    """Check clip ranges where the maths needs it: numbers, or schedules over the whole of training.
 
     Every ``ε >= 0`` defines the absolute target and SPO (``ε = 0`` included, see
-    ``objectives.spo_surrogate``); the logit target needs ``ε < 1`` on both sides.
+    ``objectives.spo_surrogate``); the logit target needs ``ε < 1`` on both sides. A schedule is checked
+    at ``SCHEDULE_CHECK_POINTS`` values of the progress remaining, its start and end included.
 
     :raises ValueError: naming the argument, the allowed range and the values found.
     """
     for name, value in (("clip_range", clip_range), ("clip_range_high", clip_range_high)):
         if value is None:
             continue
-        bounds = _clip_range_bounds(value)
-        if not all(math.isfinite(epsilon) and epsilon >= 0.0 for epsilon in bounds):
-            raise ValueError(f"{name} must be a finite float >= 0 (or a schedule of such values), got {bounds}")
-        if delta_target_policy == "logit" and not all(epsilon < 1.0 for epsilon in bounds):
+        values = _schedule_values(name, value)
+        if not all(math.isfinite(epsilon) and epsilon >= 0.0 for epsilon in values):
+            shown = _shown(values, 0.0, math.inf)
+            raise ValueError(f"{name} must be a finite float >= 0 (or a schedule of such values), got {shown}")
+        if delta_target_policy == "logit" and not all(epsilon < 1.0 for epsilon in values):
             raise ValueError(
                 f"{name} must be in [0, 1) with delta_target_policy='logit' "
-                f"(the logit-space target needs 1 - {name} > 0), got {bounds}"
+                f"(the logit-space target needs 1 - {name} > 0), got {_shown(values, 0.0, 1.0)}"
             )
+
+
+def _check_kl_trust_region(kl_trust_region: float | str | Schedule) -> None:
+    """``δ``: a float > 0, or a schedule (callable or ``lin_``) starting > 0 and never below 0, as ``clip_range``.
+
+    A schedule may end at ``δ = 0`` (the Truly PPO reference decays it linearly to 0 on Atari): every
+    sample whose ratio has moved in the improving direction is then past the bound.
+    """
+    allowed = "None, a finite float > 0, or a schedule (a callable or 'lin_<initial>') starting > 0 and never below 0"
+    if isinstance(kl_trust_region, numbers.Real) and not isinstance(kl_trust_region, bool):
+        if not (_is_real(kl_trust_region) and kl_trust_region > 0.0):
+            raise ValueError(f"kl_trust_region must be {allowed}, got {kl_trust_region!r}")
+        return
+    try:
+        values = _schedule_values("kl_trust_region", kl_trust_region)
+    except ValueError:
+        raise ValueError(f"kl_trust_region must be {allowed}, got {kl_trust_region!r}") from None
+    if not (values[0] > 0.0 and all(math.isfinite(value) and value >= 0.0 for value in values)):
+        raise ValueError(f"kl_trust_region must be {allowed}, got {_shown(values, 0.0, math.inf)}")
 
 
 def _last_hidden_layer(policy: BasePolicy) -> nn.Linear:
@@ -167,7 +241,9 @@ class VariantPPO(PPO):
     :param clip_range: Clipping parameter ``ε``, it can be a function of the current progress remaining (from 1 to 0).
         It sets the target ratio of every surrogate and the curvature of SPO; with ``clip_range_high`` it is the
         lower range ``ε_low``. Any ``ε >= 0`` (``< 1`` for the logit target) is accepted, schedules ending at 0
-        included; the value used is checked at each update.
+        included; a schedule is checked over the whole of training at construction. When the last rollout
+        overshoots the budget (progress remaining < 0), the schedule is read at its end: a ``lin_`` schedule
+        gives ``ε = 0`` where SB3's ``PPO`` uses a slightly negative ``ε`` (see ``scheduled_value``).
     :param clip_range_vf: Clipping parameter for the value function, as in ``PPO``
     :param normalize_advantage: Whether to normalize or not the advantage
     :param ent_coef: Entropy coefficient for the loss calculation
@@ -207,15 +283,20 @@ class VariantPPO(PPO):
     :param kl_adapt_tolerance: ``β`` changes when the last epoch's mean KL leaves
         ``[d_targ / tolerance, d_targ · tolerance]`` (tolerance > 1)
     :param clip_range_high: ``ε_high`` of Clip-Higher: the target is ``1 + ε_high`` for ``A > 0`` and ``1 − ε_low``
-        for ``A < 0`` (in logit space with the logit target). ``None``: ``ε_high = ε_low``. A float or a schedule,
-        like ``clip_range``. Not with SPO, the unclipped surrogate or the KL trust region.
+        for ``A < 0`` (in logit space with the logit target). ``None``: ``ε_high = ε_low``. A float, a schedule or
+        rl-zoo3's ``"lin_<initial>"``, checked and read like ``clip_range``. Not with SPO, the unclipped surrogate
+        or the KL trust region.
     :param dual_clip: ``c > 1``: for ``A < 0`` and ``r > c`` the objective is the constant ``c A``. ``None`` disables
         it. Only with ``surrogate="clipped"``.
     :param kl_trust_region: per-state KL bound ``δ > 0`` of TR-PPO: a sample stops pulling once
         ``KL(π_old ‖ π)(s) >= δ`` and ``r A > A``; with ``peaked_policy_loss = α > 0`` its objective there is
-        ``r A − α KL(s)`` (Truly PPO). Replaces the ratio clipping; ``None`` disables it.
+        ``r A − α KL(s)`` (Truly PPO). Replaces the ratio clipping; ``None`` disables it. ``δ`` is the trust
+        region's clip range and is scheduled like ``clip_range``: a float, a callable of the progress remaining or
+        rl-zoo3's ``"lin_<initial>"`` (the reference decays ``δ`` linearly to 0 on Atari); a schedule starts
+        above 0 and may end at 0. The value used is logged as ``train/kl_trust_region``.
     :param ratio_change_limit: ESPO's threshold: stop the epochs once a minibatch's ``mean |r − 1|`` exceeds it
-        (``> 0``); ``None`` disables it. Independent of ``target_kl``.
+        (``> 0``); ``None`` disables it. Independent of ``target_kl`` and checked where SB3 checks it: the
+        violating minibatch is not stepped on (published ESPO code takes that step, then stops).
     :param feature_drift_coef: PFO's coefficient (``>= 0``) of ``mean((φ(s) − φ_old(s))²)``, ``φ`` the
         pre-activations of the actor's last hidden layer, ``φ_old`` recorded during the rollout; 0 disables it.
     """
@@ -264,9 +345,9 @@ class VariantPPO(PPO):
         kl_penalty_target: float = 0.01,
         kl_adapt_factor: float = 2.0,
         kl_adapt_tolerance: float = 1.5,
-        clip_range_high: float | Schedule | None = None,
+        clip_range_high: float | str | Schedule | None = None,
         dual_clip: float | None = None,
-        kl_trust_region: float | None = None,
+        kl_trust_region: float | str | Schedule | None = None,
         ratio_change_limit: float | None = None,
         feature_drift_coef: float = 0.0,
     ):
@@ -341,9 +422,9 @@ class VariantPPO(PPO):
         kl_penalty_target: float = 0.01,
         kl_adapt_factor: float = 2.0,
         kl_adapt_tolerance: float = 1.5,
-        clip_range_high: float | Schedule | None = None,
+        clip_range_high: float | str | Schedule | None = None,
         dual_clip: float | None = None,
-        kl_trust_region: float | None = None,
+        kl_trust_region: float | str | Schedule | None = None,
         ratio_change_limit: float | None = None,
         feature_drift_coef: float = 0.0,
     ) -> None:
@@ -372,17 +453,19 @@ class VariantPPO(PPO):
             ("kl_adapt_tolerance", kl_adapt_tolerance, 1.0, False),
             ("feature_drift_coef", feature_drift_coef, 0.0, True),
             ("dual_clip", dual_clip, 1.0, False),
-            ("kl_trust_region", kl_trust_region, 0.0, False),
             ("ratio_change_limit", ratio_change_limit, 0.0, False),
         )
         for name, value, low, inclusive in bounded:
-            optional = name in ("dual_clip", "kl_trust_region", "ratio_change_limit")
+            optional = name in ("dual_clip", "ratio_change_limit")
             if optional and value is None:
                 continue
             if not (_is_real(value) and (value >= low if inclusive else value > low)):
                 bound = f">= {low:g}" if inclusive else f"> {low:g}"
                 allowed = f"None or a finite float {bound}" if optional else f"a finite float {bound}"
                 raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+        if kl_trust_region is not None:
+            _check_kl_trust_region(kl_trust_region)
 
         # decoded once, here and in restoring_slope
         alpha = objectives.restoring_slope(peaked_policy_loss, kl_trust_region=kl_trust_region is not None)
@@ -435,7 +518,8 @@ class VariantPPO(PPO):
             self.rollout_buffer_class = DictRolloutPolicyBuffer if dict_observations else RolloutPolicyBuffer
         super()._setup_model()
         # derived from the saved raw value, so rebuilt by load() like SB3's clip_range schedule
-        self._clip_range_high_schedule = None if self.clip_range_high is None else FloatSchedule(self.clip_range_high)
+        self._clip_range_high_schedule = None if self.clip_range_high is None else as_schedule(self.clip_range_high)
+        self._kl_trust_region_schedule = None if self.kl_trust_region is None else as_schedule(self.kl_trust_region)
         self._preactivations = None
         if self.feature_drift_coef > 0.0:
             self._preactivations = _PreActivations(_last_hidden_layer(self.policy))
@@ -452,7 +536,12 @@ class VariantPPO(PPO):
             )
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_preactivations", "_clip_range_high_schedule"]
+        return [
+            *super()._excluded_save_params(),
+            "_preactivations",
+            "_clip_range_high_schedule",
+            "_kl_trust_region_schedule",
+        ]
 
     @property
     def restoring_slope(self) -> float:
@@ -555,11 +644,12 @@ class VariantPPO(PPO):
         advantages: th.Tensor,
         clip_range: float,
         kl: th.Tensor | None,
+        kl_bound: float | None,
     ) -> th.Tensor:
-        if self.kl_trust_region is not None:
+        if kl_bound is not None:
             assert kl is not None
             return objectives.kl_trust_region_surrogate(
-                ratio, advantages, kl, self.kl_trust_region, self.restoring_slope, self.dual_clip
+                ratio, advantages, kl, kl_bound, self.restoring_slope, self.dual_clip
             )
         if self.surrogate == "spo":
             return objectives.spo_surrogate(ratio, target, advantages, clip_range)
@@ -585,12 +675,15 @@ class VariantPPO(PPO):
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         progress = self._current_progress_remaining
-        clip_range = self.clip_range(progress)  # type: ignore[operator]
+        # read at the end of training on an overshooting last rollout, and kept in range (scheduled_value)
+        upper = LOGIT_CLIP_RANGE_MAX if self.delta_target_policy == "logit" else math.inf
+        clip_range = scheduled_value(self.clip_range, progress, upper)  # type: ignore[arg-type]
         clip_range_high = None
         if self._clip_range_high_schedule is not None:
-            clip_range_high = self._clip_range_high_schedule(progress)
-        # a schedule is checked at its ends at construction; this is the value this update uses
-        check_clip_ranges(clip_range, clip_range_high, self.delta_target_policy)
+            clip_range_high = scheduled_value(self._clip_range_high_schedule, progress, upper)
+        kl_bound = None
+        if self._kl_trust_region_schedule is not None:
+            kl_bound = scheduled_value(self._kl_trust_region_schedule, progress)
         if self.clip_range_vf is not None:
             clip_range_vf = self.clip_range_vf(progress)  # type: ignore[operator]
         probabilities = has_action_probabilities(self.action_space)
@@ -637,7 +730,7 @@ class VariantPPO(PPO):
                 target = objectives.target_ratio(
                     rollout_data.old_log_prob, advantages, clip_range, self.delta_target_policy, clip_range_high
                 )
-                policy_loss = self._surrogate_loss(ratio, target, advantages, clip_range, kl)
+                policy_loss = self._surrogate_loss(ratio, target, advantages, clip_range, kl, kl_bound)
                 pg_losses.append(policy_loss.item())
                 ratios.append(ratio.detach())
                 targets.append(target)
@@ -756,8 +849,8 @@ class VariantPPO(PPO):
         if last_epoch_kl is not None:
             self.logger.record("train/kl", last_epoch_kl.mean().item())
             self.logger.record("train/kl_p95", th.quantile(last_epoch_kl.double(), 0.95).item())
-            if self.kl_trust_region is not None:
-                beyond = (last_epoch_kl >= self.kl_trust_region).double().mean()
+            if kl_bound is not None:
+                beyond = (last_epoch_kl >= kl_bound).double().mean()
                 self.logger.record("train/kl_beyond_bound_fraction", beyond.item())
         if feature_drifts:
             self.logger.record("train/feature_drift", th.stack(feature_drifts).mean().item())
@@ -768,6 +861,8 @@ class VariantPPO(PPO):
         self.logger.record("train/clip_range", clip_range)
         if clip_range_high is not None:
             self.logger.record("train/clip_range_high", clip_range_high)
+        if kl_bound is not None:
+            self.logger.record("train/kl_trust_region", kl_bound)
         if self.clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
 
@@ -812,7 +907,12 @@ class VariantPPO(PPO):
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
     ) -> SelfVariantPPO:
-        """SB3's ``learn``; the TensorBoard run is named after the class (``LogitPPO_1``) unless given."""
+        """SB3's ``learn``; the TensorBoard run is named after the class (``LogitPPO_1``) unless given.
+
+        The options are checked again first, so that a value changed since construction (an attribute set by
+        hand, ``load``'s ``custom_objects``) fails here, before any compute is spent, never mid-training.
+        """
+        self.validate_options(action_space=self.action_space, clip_range=self.clip_range, **self.variant_options())
         return super().learn(
             total_timesteps=total_timesteps,
             callback=callback,
@@ -884,14 +984,34 @@ class TrulyPPO(VariantPPO):
 
     A sample whose state has left the trust region ``KL(π_old ‖ π)(s) >= δ`` while ``r A > A`` gets the
     objective ``r A − α KL(s)``; every other sample keeps ``r A``. The KL is exact and per state.
-    Defaults ``kl_trust_region=δ=0.03`` and ``peaked_policy_loss=α=5``; ``peaked_policy_loss=False`` gives TR-PPO.
+    Defaults ``kl_trust_region=δ=0.03`` and ``peaked_policy_loss=α=5``, the reference's MuJoCo values
+    (wangyuhuix/TrulyPPO ``run.py``); its Atari values are ``δ = "lin_0.0008"`` and ``α = 20``
+    (``hyperparams/ppo_truly.yml``). ``TRPPO`` is the same trust region without the rollback.
     Takes every argument of ``VariantPPO``; only the defaults change.
     """
 
     def __init__(
-        self, *args: Any, kl_trust_region: float | None = 0.03, peaked_policy_loss: bool | float = 5.0, **kwargs: Any
+        self,
+        *args: Any,
+        kl_trust_region: float | str | Schedule | None = 0.03,
+        peaked_policy_loss: bool | float = 5.0,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, kl_trust_region=kl_trust_region, peaked_policy_loss=peaked_policy_loss, **kwargs)
+
+
+class TRPPO(VariantPPO):
+    """TR-PPO (Wang et al. 2019, arXiv:1903.07940): the KL-triggered trust region without rollback.
+
+    A sample whose state has left the trust region ``KL(π_old ‖ π)(s) >= δ`` while ``r A > A`` stops
+    pulling: its objective is ``r A`` with no gradient, as in the reference's ``stop_gradient``. Every other
+    sample keeps ``r A``. Default ``kl_trust_region=δ=0.035``, the reference's MuJoCo value
+    (wangyuhuix/TrulyPPO ``run.py``, ``kl``); its Atari value is ``δ = "lin_0.001"``
+    (``hyperparams/ppo_tr.yml``). Takes every argument of ``VariantPPO``; only the default changes.
+    """
+
+    def __init__(self, *args: Any, kl_trust_region: float | str | Schedule | None = 0.035, **kwargs: Any) -> None:
+        super().__init__(*args, kl_trust_region=kl_trust_region, **kwargs)
 
 
 class DualClipPPO(VariantPPO):

@@ -129,6 +129,14 @@ def test_the_readme_zoo_commands_run_after_a_plain_install(
         tmp_path,
         env,
     )
+    # the shipped lin_0.2 clip range with a budget that is not a multiple of the rollout (8 envs x 32 steps):
+    # the last rollout overshoots, the schedule is read past its end, and the model is still saved
+    _run(
+        [*zoo, "rl_zoo3.train", "--algo", "ppo_peaked", "--env", "CartPole-v1", "-n", "1000", "-f", "logs"],
+        tmp_path,
+        env,
+    )
+    assert (tmp_path / "logs" / "ppo_peaked" / "CartPole-v1_1" / "CartPole-v1.zip").is_file()
     _run(
         [*zoo, "rl_zoo3.train", "--algo", "ppo_logit", "--env", "PongNoFrameskip-v4", "-n", "512", "-f", "logs"],
         tmp_path,

@@ -129,14 +129,15 @@ def test_dual_clip_stops_the_gradient_beyond_c_only():
 
 
 def _kl_reference(r, adv, kl, bound, alpha):
-    """Wang et al. 2019: TR-PPO min(r A, F(r) A) with F = 1 past the KL bound; TR-PPO-RB r A − α KL there."""
+    """Wang et al. 2019 as the reference code writes it (wangyuhuix/TrulyPPO, ppo2.py): past the KL bound with
+    r A > A, TR-PPO keeps stop_gradient(r A) and TR-PPO-RB takes r A − α KL."""
     terms = []
     for i in range(len(adv)):
         triggered = kl[i].item() >= bound and (r[i] * adv[i]).item() > adv[i].item()
         if not triggered:
             terms.append(r[i] * adv[i])
         elif alpha == 0.0:
-            terms.append(th.min(r[i] * adv[i], adv[i]))
+            terms.append((r[i] * adv[i]).detach() + 0.0 * r[i])  # the value, a zero gradient
         else:
             terms.append(r[i] * adv[i] - alpha * kl[i])
     return -th.stack(terms).mean()
@@ -324,11 +325,15 @@ def test_clip_schedules_ending_at_zero_are_accepted_and_used(cls, options):
             assert np.isfinite(value), key
 
 
-def test_the_value_used_at_each_update_is_checked():
+def test_a_schedule_changed_after_construction_is_refused_before_training():
     model = LogitPPO("MlpPolicy", "CartPole-v1", **SMALL, clip_range=0.2).learn(64)
+    parameters = [parameter.detach().clone() for parameter in model.policy.parameters()]
     model.clip_range = lambda _: 1.0  # e.g. a schedule changed after construction
     with pytest.raises(ValueError, match=r"clip_range must be in \[0, 1\) with delta_target_policy='logit'"):
-        model.learn(64)
+        model.learn(64, reset_num_timesteps=False)
+    assert model.num_timesteps == 64  # refused before any step
+    for before, after in zip(parameters, model.policy.parameters(), strict=True):
+        assert th.equal(before, after)
 
 
 # --------------------------------------------------------------------------- save / load

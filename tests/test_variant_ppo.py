@@ -20,6 +20,7 @@ from stable_baselines3.common.logger import configure
 
 from sb3_ppo_variants import (
     SPOPPO,
+    TRPPO,
     DualClipPPO,
     KLPenaltyPPO,
     LogitPPO,
@@ -28,6 +29,7 @@ from sb3_ppo_variants import (
     TrulyPPO,
     VariantPPO,
 )
+from sb3_ppo_variants.registry import VARIANTS
 from sb3_ppo_variants.variant_ppo import KL_COEF_FLOOR, VARIANT_OPTIONS
 
 th.set_num_threads(1)
@@ -88,7 +90,11 @@ def test_presets_only_change_defaults():
         SPOPPO: {"surrogate": "spo"},
         KLPenaltyPPO: {"surrogate": "unclipped", "kl_coef": 1.0},
         TrulyPPO: {"kl_trust_region": 0.03, "peaked_policy_loss": 5.0},
+        TRPPO: {"kl_trust_region": 0.035},
         DualClipPPO: {"dual_clip": 3.0},
+    }
+    assert set(expected) == {
+        variant.algorithm_class for variant in VARIANTS if variant.algorithm_class is not VariantPPO
     }
     base = VariantPPO("MlpPolicy", "CartPole-v1", _init_setup_model=False)
     for preset, changed in expected.items():
@@ -202,8 +208,8 @@ def test_dict_observations_with_exact_kl():
         (dict(dual_clip=True), r"dual_clip must be None or a finite float > 1"),
         (dict(dual_clip=3.0, surrogate="spo"), r"dual_clip needs surrogate='clipped'"),
         (dict(dual_clip=3.0, surrogate="unclipped"), r"dual_clip needs surrogate='clipped'"),
-        (dict(kl_trust_region=0.0), r"kl_trust_region must be None or a finite float > 0"),
-        (dict(kl_trust_region="0.1"), r"kl_trust_region must be None or a finite float > 0"),
+        (dict(kl_trust_region=0.0), r"kl_trust_region must be None, a finite float > 0"),
+        (dict(kl_trust_region="0.1"), r"kl_trust_region must be None, a finite float > 0"),
         (dict(kl_trust_region=0.03, surrogate="spo"), r"kl_trust_region needs surrogate='clipped'"),
         (dict(kl_trust_region=0.03, delta_target_policy="logit"), r"delta_target_policy must be 'absolute'"),
         (dict(kl_trust_region=0.03, clip_range_high=0.3), r"clip_range_high must be None"),

@@ -112,7 +112,7 @@ def test_own_options_of_the_presets():
         assert 0.1 <= hyperparams["kl_coef"] <= 10.0
     for params, hyperparams in _sampled("ppo_truly", "discrete", n_trials=20):
         assert "clip_range" not in params and "clip_range" not in hyperparams  # the KL bound replaces it
-        assert 0.005 <= hyperparams["kl_trust_region"] <= 0.1 and 0.1 <= hyperparams["peaked_policy_loss"] <= 20
+        assert 5e-4 <= hyperparams["kl_trust_region"] <= 0.1 and 0.1 <= hyperparams["peaked_policy_loss"] <= 20
     for _, hyperparams in _sampled("ppo_dual_clip", "discrete", n_trials=20):
         assert 1.5 <= hyperparams["dual_clip"] <= 10.0
     for params, hyperparams in _sampled("ppo_logit", "discrete", n_trials=20):

@@ -93,11 +93,12 @@ def _suggest_kl_penalty(trial: optuna.Trial) -> dict[str, Any]:
     }
 
 
-def _suggest_kl_trust_region(trial: optuna.Trial) -> dict[str, Any]:
-    return {
-        "kl_trust_region": trial.suggest_float("kl_trust_region", 0.005, 0.1, log=True),
-        "kl_rollback": trial.suggest_float("kl_rollback", 0.1, 20.0, log=True),
-    }
+def _suggest_kl_trust_region(trial: optuna.Trial, rollback: bool = True) -> dict[str, Any]:
+    # δ down to the reference's Atari values (8e-4 for Truly PPO, 1e-3 for TR-PPO), α up to its Atari 20
+    options = {"kl_trust_region": trial.suggest_float("kl_trust_region", 5e-4, 0.1, log=True)}
+    if rollback:
+        options["kl_rollback"] = trial.suggest_float("kl_rollback", 0.1, 20.0, log=True)
+    return options
 
 
 def _suggest_dual_clip(trial: optuna.Trial) -> dict[str, Any]:
@@ -203,6 +204,13 @@ def sample_truly_params(trial: optuna.Trial, n_actions: int, n_envs: int, additi
     overrides = {"clip_range": lambda t: _NOT_TUNED}
     hyperparams = _ppo_space(trial, n_actions, n_envs, additional_args, overrides)
     return {**hyperparams, **convert_variant_options(_suggest_kl_trust_region(trial))}
+
+
+def sample_tr_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
+    """TRPPO: the PPO space without ``clip_range`` (the KL bound replaces it), plus ``δ``; no rollback."""
+    overrides = {"clip_range": lambda t: _NOT_TUNED}
+    hyperparams = _ppo_space(trial, n_actions, n_envs, additional_args, overrides)
+    return {**hyperparams, "kl_trust_region": _suggest_kl_trust_region(trial, rollback=False)["kl_trust_region"]}
 
 
 def sample_dual_clip_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
