@@ -43,6 +43,8 @@ from sb3_ppo_variants.distributions import (
 SelfVariantPPO = TypeVar("SelfVariantPPO", bound="VariantPPO")
 
 VALUE_GRAD_RESCALINGS = (None, "per_state", "per_batch", "smoothed")
+RATIO_CHANGE_STOPS = ("before_step", "after_step")
+"""Where ESPO's early stop falls: before the violating minibatch's step (as ``target_kl``) or after it."""
 VARIANT_OPTIONS = (
     "value_grad_rescaling",
     "pseudo_entropy_smoothing",
@@ -57,6 +59,7 @@ VARIANT_OPTIONS = (
     "dual_clip",
     "kl_trust_region",
     "ratio_change_limit",
+    "ratio_change_stop",
     "feature_drift_coef",
 )
 """The keyword-only options ``VariantPPO`` adds to ``PPO``, in constructor order."""
@@ -296,7 +299,10 @@ class VariantPPO(PPO):
         above 0 and may end at 0. The value used is logged as ``train/kl_trust_region``.
     :param ratio_change_limit: ESPO's threshold: stop the epochs once a minibatch's ``mean |r − 1|`` exceeds it
         (``> 0``); ``None`` disables it. Independent of ``target_kl`` and checked where SB3 checks it: the
-        violating minibatch is not stepped on (published ESPO code takes that step, then stops).
+        violating minibatch is not stepped on unless ``ratio_change_stop="after_step"``.
+    :param ratio_change_stop: ``"before_step"`` (as SB3's ``target_kl``: the minibatch whose ``mean |r − 1|``
+        exceeds the limit is measured before its step and not stepped on) or ``"after_step"`` (as published ESPO
+        code: that step is taken, then the epochs stop). Only with ``ratio_change_limit``.
     :param feature_drift_coef: PFO's coefficient (``>= 0``) of ``mean((φ(s) − φ_old(s))²)``, ``φ`` the
         pre-activations of the actor's last hidden layer, ``φ_old`` recorded during the rollout; 0 disables it.
     """
@@ -349,6 +355,7 @@ class VariantPPO(PPO):
         dual_clip: float | None = None,
         kl_trust_region: float | str | Schedule | None = None,
         ratio_change_limit: float | None = None,
+        ratio_change_stop: str = "before_step",
         feature_drift_coef: float = 0.0,
     ):
         super().__init__(
@@ -392,6 +399,7 @@ class VariantPPO(PPO):
         self.dual_clip = dual_clip
         self.kl_trust_region = kl_trust_region
         self.ratio_change_limit = ratio_change_limit
+        self.ratio_change_stop = ratio_change_stop
         self.feature_drift_coef = feature_drift_coef
         self.validate_options(
             action_space=getattr(self, "action_space", None),  # unset when load() builds the model without env
@@ -426,6 +434,7 @@ class VariantPPO(PPO):
         dual_clip: float | None = None,
         kl_trust_region: float | str | Schedule | None = None,
         ratio_change_limit: float | None = None,
+        ratio_change_stop: str = "before_step",
         feature_drift_coef: float = 0.0,
     ) -> None:
         """Check the variant options; raise ``ValueError`` naming the argument and what is allowed.
@@ -466,6 +475,15 @@ class VariantPPO(PPO):
 
         if kl_trust_region is not None:
             _check_kl_trust_region(kl_trust_region)
+        if ratio_change_stop not in RATIO_CHANGE_STOPS:
+            raise ValueError(
+                f"ratio_change_stop must be one of {_allowed(RATIO_CHANGE_STOPS)}, got {ratio_change_stop!r}"
+            )
+        if ratio_change_stop != "before_step" and ratio_change_limit is None:
+            raise ValueError(
+                "ratio_change_stop places ESPO's early stop and needs ratio_change_limit; with ratio_change_limit=None "
+                f"it must be 'before_step', got {ratio_change_stop!r}"
+            )
 
         # decoded once, here and in restoring_slope
         alpha = objectives.restoring_slope(peaked_policy_loss, kl_trust_region=kl_trust_region is not None)
@@ -799,13 +817,16 @@ class VariantPPO(PPO):
                         continue_training = False
                         if self.verbose >= 1:
                             print(f"Early stopping at step {epoch} due to reaching max mean |r - 1|: {change:.3f}")
-                        break
+                        if self.ratio_change_stop == "before_step":
+                            break
 
                 self.policy.optimizer.zero_grad()
                 loss.backward()
                 grad_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
                 grad_norms.append(grad_norm)
                 self.policy.optimizer.step()
+                if not continue_training:  # ESPO's "after_step": the violating minibatch has had its step
+                    break
 
             self._n_updates += 1
             if not continue_training:

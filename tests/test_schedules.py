@@ -203,3 +203,36 @@ def test_every_shipped_entry_with_a_linear_schedule_trains_past_the_end_and_save
     experiment.save_trained_model(model)
     assert model._current_progress_remaining < 0.0
     assert (tmp_path / "logs" / algo_id / f"{env_id}_1" / f"{env_id}.zip").is_file()
+
+
+class _StopAfterFirstUpdate(BaseCallback):
+    def _on_step(self) -> bool:
+        return self.model._n_updates == 0
+
+
+@pytest.mark.parametrize(("algo_id", "delta", "alpha"), [("ppo_truly", 0.0008, 20.0), ("ppo_tr", 0.001, 0.0)])
+def test_the_zoo_atari_entries_are_the_reference_settings(algo_id, delta, alpha, tmp_path):
+    """rl-zoo3 builds Pong with the reference's Atari δ, decaying from the start of training, and α."""
+    register()
+    experiment = ExperimentManager(
+        argparse.Namespace(algo=algo_id, env="PongNoFrameskip-v4"),
+        algo_id,
+        "PongNoFrameskip-v4",
+        str(tmp_path / "logs"),
+        eval_freq=-1,
+        seed=0,
+        verbose=0,
+    )
+    model, _ = experiment.setup_experiment()
+    try:
+        assert model.restoring_slope == alpha and model.ent_coef == 0.0 and model.n_envs == 8
+        assert model._kl_trust_region_schedule(1.0) == pytest.approx(delta)
+        assert model._kl_trust_region_schedule(0.0) == 0.0
+        if algo_id != "ppo_truly":  # one Pong update is enough to show the δ used
+            return
+        model.learn(model._total_timesteps or 10_000_000, callback=_StopAfterFirstUpdate())  # one rollout of 1024
+        assert model.num_timesteps == 8 * 128 + 8  # stopped at the first step of the second rollout
+        used = model.logger.name_to_value["train/kl_trust_region"]
+        assert used == pytest.approx(delta * (1 - 8 * 128 / 1e7))
+    finally:
+        model.env.close()

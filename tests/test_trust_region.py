@@ -297,6 +297,42 @@ def test_espo_stops_the_epochs_once_the_mean_ratio_change_is_past_the_limit():
     assert stopped._n_updates < free._n_updates
 
 
+def _optimizer_steps(stop):
+    model = VariantPPO(
+        "MlpPolicy", "CartPole-v1", **SMALL, learning_rate=1e-2, ratio_change_limit=1e-4, ratio_change_stop=stop
+    )
+    steps = []
+    step = model.policy.optimizer.step
+    model.policy.optimizer.step = lambda *args, **kwargs: steps.append(1) or step(*args, **kwargs)
+    model.learn(64)
+    return len(steps)
+
+
+@pytest.mark.parametrize(("stop", "steps"), [("before_step", 1), ("after_step", 2)])
+def test_espo_stop_point(stop, steps):
+    """The first minibatch has r = 1 and steps; the second is past the limit: SB3's target_kl point skips its
+    step, published ESPO code takes it and then stops."""
+    assert _optimizer_steps(stop) == steps
+
+
+def test_espo_stop_point_needs_the_limit():
+    with pytest.raises(ValueError, match=r"ratio_change_stop places ESPO's early stop and needs ratio_change_limit"):
+        VariantPPO("MlpPolicy", "CartPole-v1", ratio_change_stop="after_step")
+    with pytest.raises(ValueError, match=r"ratio_change_stop must be one of 'before_step', 'after_step', got 'x'"):
+        VariantPPO("MlpPolicy", "CartPole-v1", ratio_change_limit=0.2, ratio_change_stop="x")
+
+
+def test_tr_ppo_keeps_the_value_of_triggered_samples_without_their_gradient():
+    """Hand-computed: r = 1.2, A = 1, KL 0.05 ≥ δ = 0.03 is triggered (r A > A): its term is r A = 1.2, gradient 0;
+    r = 0.9, A = 2 is not (r A < A): r A = 1.8 with gradient −A r / N."""
+    log_prob = _leaf([1.2, 0.9])
+    ratio = probability_ratio(log_prob, th.zeros(2, dtype=th.float64))
+    adv = th.tensor([1.0, 2.0], dtype=th.float64)
+    loss = kl_trust_region_surrogate(ratio, adv, th.tensor([0.05, 0.05], dtype=th.float64), 0.03)
+    assert loss.item() == pytest.approx(-(1.2 + 1.8) / 2)
+    np.testing.assert_allclose(_grad(loss, log_prob).numpy(), [0.0, -2.0 * 0.9 / 2])
+
+
 def test_feature_drift_pulls_the_features_back():
     # same seed, hence the same first rollout; a negligible against a large coefficient
     drifts = {}
