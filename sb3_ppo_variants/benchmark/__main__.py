@@ -96,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     study.add_argument("--name", default="collapse_study", help="prefix of the files written")
     study.add_argument("--bootstrap-reps", type=int, default=2000)
 
+    power = subcommands.add_parser("power", help="what the collapse study's tests can detect, before it runs")
+    power.add_argument("--runs-per-arm", type=int, nargs="+", default=[40, 50, 100], help="competent runs per cell")
+    power.add_argument("--baseline-rates", type=float, nargs="+", default=[0.3, 0.5, 0.7], help="PPO's event rate")
+    power.add_argument("--arms", type=int, default=15, help="comparisons with PPO in the Holm family")
+    power.add_argument("--settings", type=int, default=3, help="settings pooled by the stratified (CMH) test")
+    power.add_argument("--alpha", type=float, default=0.05)
+    power.add_argument("--power", type=float, default=0.8)
+
     args = parser.parse_args(argv)
 
     if args.command in ("learn", "collapse"):
@@ -145,6 +153,14 @@ def main(argv: list[str] | None = None) -> int:
             args.runs, args.output, args.plots or args.output, args.name, bootstrap_reps=args.bootstrap_reps
         )
         print(table.to_string(index=False))
+    elif args.command == "power":
+        from sb3_ppo_variants.benchmark.power import format_power_report
+
+        print(
+            format_power_report(
+                args.runs_per_arm, args.baseline_rates, args.arms, args.alpha, args.power, settings=args.settings
+            )
+        )
     return 0
 
 
