@@ -1,7 +1,8 @@
 """Pure objectives of the PPO variants.
 
 Every function here is a small, differentiable piece of maths named after the
-quantity it computes. ``VariantPPO.train()`` only wires them together.
+quantity it computes. ``loss.variant_ppo_loss`` wires them together into one
+minibatch's loss. A ``mask`` argument leaves padded samples out of a mean.
 
 Notation (per sample): ``A`` is the advantage, ``π_old = π(a|s, θ_old)`` the
 probability of the taken action under the rollout policy, ``r = π/π_old`` the
@@ -22,6 +23,29 @@ from torch.nn import functional as F
 
 DELTA_TARGET_POLICIES = ("absolute", "logit")
 SURROGATES = ("clipped", "spo", "unclipped")
+
+
+def masked_mean(values: th.Tensor, mask: th.Tensor | None = None) -> th.Tensor:
+    """Mean over the samples that count: ``mean(x)``, or ``mean(x[mask])`` with padding (as in ``RecurrentPPO``).
+
+    :param values: per-sample values (samples on the first dimension).
+    :param mask: boolean, ``False`` on padded samples, or ``None``.
+    :return: scalar mean.
+    """
+    return values.mean() if mask is None else values[mask].mean()
+
+
+def normalized_advantages(advantages: th.Tensor, mask: th.Tensor | None = None) -> th.Tensor:
+    """``(A − mean A) / (std A + 1e-8)`` over the minibatch's unpadded samples (SB3's normalisation).
+
+    :param advantages: advantages ``A`` of the minibatch.
+    :param mask: boolean, ``False`` on padded samples, or ``None``.
+    :return: normalised advantages, every sample (padded ones too) shifted and scaled alike.
+    """
+    if mask is None:
+        return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    kept = advantages[mask]
+    return (advantages - kept.mean()) / (kept.std() + 1e-8)
 
 
 def pseudo_entropy(probs: th.Tensor) -> th.Tensor:
@@ -176,6 +200,7 @@ def clipped_surrogate(
     advantages: th.Tensor,
     alpha: float = 0.0,
     dual_clip_bound: float | None = None,
+    mask: th.Tensor | None = None,
 ) -> th.Tensor:
     """The seed's surrogate loss, mean over samples.
 
@@ -195,6 +220,7 @@ def clipped_surrogate(
     :param advantages: advantages ``A``.
     :param alpha: restoring slope ``α`` in ``[0, 1]``.
     :param dual_clip_bound: ``c > 1`` or ``None``.
+    :param mask: boolean, ``False`` on padded samples left out of the mean, or ``None``.
     :return: scalar loss.
     """
     distance = advantages * (target - ratio)
@@ -204,10 +230,12 @@ def clipped_surrogate(
     loss = surrogate - advantages * target
     if dual_clip_bound is not None:
         loss = dual_clip(loss, ratio, advantages, dual_clip_bound)
-    return loss.mean()
+    return masked_mean(loss, mask)
 
 
-def spo_surrogate(ratio: th.Tensor, target: th.Tensor, advantages: th.Tensor, clip_range: float) -> th.Tensor:
+def spo_surrogate(
+    ratio: th.Tensor, target: th.Tensor, advantages: th.Tensor, clip_range: float, mask: th.Tensor | None = None
+) -> th.Tensor:
     """Simple Policy Optimization loss (Xie et al., arXiv:2401.16025), mean over samples.
 
     SPO maximises ``r A − |A|/(2ε) (r − 1)²``, whose maximum sits at ``r = 1 + ε s``.
@@ -230,22 +258,26 @@ def spo_surrogate(ratio: th.Tensor, target: th.Tensor, advantages: th.Tensor, cl
     :param target: ``r'`` from ``target_ratio``.
     :param advantages: advantages ``A``.
     :param clip_range: ``ε >= 0``.
+    :param mask: boolean, ``False`` on padded samples left out of the mean, or ``None``.
     :return: scalar loss.
     """
     if clip_range == 0.0:
-        return clipped_surrogate(ratio, target, advantages)
+        return clipped_surrogate(ratio, target, advantages, mask=mask)
     abs_adv = advantages.abs()
-    return (abs_adv / (2.0 * clip_range) * (ratio - target) ** 2 - advantages - abs_adv * clip_range / 2.0).mean()
+    return masked_mean(
+        abs_adv / (2.0 * clip_range) * (ratio - target) ** 2 - advantages - abs_adv * clip_range / 2.0, mask
+    )
 
 
-def unclipped_surrogate(ratio: th.Tensor, advantages: th.Tensor) -> th.Tensor:
+def unclipped_surrogate(ratio: th.Tensor, advantages: th.Tensor, mask: th.Tensor | None = None) -> th.Tensor:
     """Plain importance-sampled surrogate ``−mean(r A)`` (the KL-penalty form of the PPO paper, section 4).
 
     :param ratio: ``r = π/π_old`` (``probability_ratio``).
     :param advantages: advantages ``A``.
+    :param mask: boolean, ``False`` on padded samples left out of the mean, or ``None``.
     :return: scalar loss.
     """
-    return -(advantages * ratio).mean()
+    return -masked_mean(advantages * ratio, mask)
 
 
 def kl_trust_region_surrogate(
@@ -255,6 +287,7 @@ def kl_trust_region_surrogate(
     kl_bound: float,
     alpha: float = 0.0,
     dual_clip_bound: float | None = None,
+    mask: th.Tensor | None = None,
 ) -> th.Tensor:
     """KL-triggered clipping (TR-PPO) and its rollback (Truly PPO), Wang et al. 2019, arXiv:1903.07940.
 
@@ -276,6 +309,7 @@ def kl_trust_region_surrogate(
     :param kl_bound: ``δ >= 0`` (0 at the end of a schedule: every improving sample is past the bound).
     :param alpha: rollback coefficient ``α >= 0``.
     :param dual_clip_bound: ``c > 1`` or ``None``.
+    :param mask: boolean, ``False`` on padded samples left out of the mean, or ``None``.
     :return: scalar loss.
     """
     objective = ratio * advantages
@@ -287,10 +321,10 @@ def kl_trust_region_surrogate(
     loss = -objective
     if dual_clip_bound is not None:
         loss = dual_clip(loss, ratio, advantages, dual_clip_bound)
-    return loss.mean()
+    return masked_mean(loss, mask)
 
 
-def feature_drift(features: th.Tensor, old_features: th.Tensor) -> th.Tensor:
+def feature_drift(features: th.Tensor, old_features: th.Tensor, mask: th.Tensor | None = None) -> th.Tensor:
     """PFO's regulariser (Moalla et al. 2024, arXiv:2405.00662): ``mean((φ(s) − φ_old(s))²)``.
 
     ``φ`` are the pre-activations of the policy's last hidden layer; the mean runs over samples
@@ -298,9 +332,10 @@ def feature_drift(features: th.Tensor, old_features: th.Tensor) -> th.Tensor:
 
     :param features: ``φ(s)`` under the current policy, with gradient.
     :param old_features: ``φ_old(s)`` recorded while the rollout was collected.
+    :param mask: boolean over the samples, ``False`` on padded ones left out of the mean, or ``None``.
     :return: scalar regulariser.
     """
-    return ((features - old_features.detach()) ** 2).mean()
+    return masked_mean((features - old_features.detach()) ** 2, mask)
 
 
 def ratio_change(ratio: th.Tensor) -> th.Tensor:
@@ -317,6 +352,7 @@ def value_loss_weight(
     state_pseudo_entropy: th.Tensor | None,
     running_mean: th.Tensor | float | None,
     smoothing: float,
+    mask: th.Tensor | None = None,
 ) -> tuple[th.Tensor | float, th.Tensor | float | None]:
     """The seed's pseudo-entropy weight of the value loss, and the new running mean.
 
@@ -332,6 +368,7 @@ def value_loss_weight(
     :param state_pseudo_entropy: ``H'(s)`` of the minibatch (``None`` only with ``mode=None``).
     :param running_mean: ``m`` before this minibatch, or ``None`` before the first.
     :param smoothing: ``c`` in ``[0, 1)``.
+    :param mask: boolean, ``False`` on padded samples left out of the minibatch mean, or ``None``.
     :return: ``(weight, running mean after this minibatch)``.
     """
     if mode is None or state_pseudo_entropy is None:
@@ -339,7 +376,7 @@ def value_loss_weight(
     weights = state_pseudo_entropy.detach()
     if mode == "per_state":
         return weights, running_mean
-    batch_mean = weights.mean()
+    batch_mean = masked_mean(weights, mask)
     if mode == "per_batch":
         return batch_mean, running_mean
     if mode != "smoothed":
@@ -379,7 +416,7 @@ def trust_region_statistics(
     return th.stack([column.to(ratio.dtype) for column in columns], dim=-1)
 
 
-def approx_kl(log_prob: th.Tensor, old_log_prob: th.Tensor) -> th.Tensor:
+def approx_kl(log_prob: th.Tensor, old_log_prob: th.Tensor, mask: th.Tensor | None = None) -> th.Tensor:
     """Sample estimate of ``KL(π_old ‖ π)``: ``E[(r − 1) − log r]`` over actions drawn from ``π_old``.
 
     Unbiased and non-negative (Schulman, "Approximating KL divergence", 2020); it is
@@ -387,10 +424,11 @@ def approx_kl(log_prob: th.Tensor, old_log_prob: th.Tensor) -> th.Tensor:
 
     :param log_prob: ``log π`` of the taken actions under the current policy.
     :param old_log_prob: ``log π_old`` of the same actions.
+    :param mask: boolean, ``False`` on padded samples left out of the mean, or ``None``.
     :return: scalar estimate.
     """
     log_ratio = log_prob - old_log_prob
-    return th.mean((th.exp(log_ratio) - 1) - log_ratio)
+    return masked_mean((th.exp(log_ratio) - 1) - log_ratio, mask)
 
 
 def categorical_kl(old_logits: th.Tensor, new_logits: th.Tensor) -> th.Tensor:

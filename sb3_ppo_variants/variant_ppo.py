@@ -1,7 +1,7 @@
 """``VariantPPO``: stable-baselines3's PPO with the experimental modifications as independent options.
 
-There is one training loop, ``VariantPPO.train()``. The presets at the bottom of
-this module only change defaults.
+There is one training loop, ``VariantPPO.train()``, and its per-minibatch loss is the pure function
+``loss.variant_ppo_loss``. The presets at the bottom of this module only change defaults.
 """
 
 from __future__ import annotations
@@ -27,18 +27,16 @@ from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import FloatSchedule, LinearSchedule, explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
-from torch.nn import functional as F
 
 from sb3_ppo_variants import objectives
 from sb3_ppo_variants.buffers import DictRolloutPolicyBuffer, RolloutPolicyBuffer, _RolloutPolicyRecord
 from sb3_ppo_variants.distributions import (
-    action_pseudo_entropy,
     distribution_parameter_size,
     distribution_parameters,
-    exact_kl,
     has_action_probabilities,
     pseudo_entropy_from_parameters,
 )
+from sb3_ppo_variants.loss import LossOptions, Minibatch, policy_evaluation, variant_ppo_loss
 
 SelfVariantPPO = TypeVar("SelfVariantPPO", bound="VariantPPO")
 
@@ -655,26 +653,6 @@ class VariantPPO(PPO):
         callback.on_rollout_end()
         return True
 
-    def _surrogate_loss(
-        self,
-        ratio: th.Tensor,
-        target: th.Tensor,
-        advantages: th.Tensor,
-        clip_range: float,
-        kl: th.Tensor | None,
-        kl_bound: float | None,
-    ) -> th.Tensor:
-        if kl_bound is not None:
-            assert kl is not None
-            return objectives.kl_trust_region_surrogate(
-                ratio, advantages, kl, kl_bound, self.restoring_slope, self.dual_clip
-            )
-        if self.surrogate == "spo":
-            return objectives.spo_surrogate(ratio, target, advantages, clip_range)
-        if self.surrogate == "unclipped":
-            return objectives.unclipped_surrogate(ratio, advantages)
-        return objectives.clipped_surrogate(ratio, target, advantages, self.restoring_slope, self.dual_clip)
-
     def _current_distribution(self, observations: Any, batch_size: int) -> Distribution:
         """The action distribution set by the last ``evaluate_actions`` call.
 
@@ -687,6 +665,32 @@ class VariantPPO(PPO):
         if isinstance(distribution, Distribution) and first is not None and first.batch_shape[0] == batch_size:
             return distribution
         return self.policy.get_distribution(observations)
+
+    def _loss_options(
+        self,
+        clip_range: float,
+        clip_range_high: float | None,
+        clip_range_vf: float | None,
+        kl_trust_region: float | None,
+    ) -> LossOptions:
+        """The options of this update's loss, with the clip ranges and the KL bound this update uses."""
+        return LossOptions(
+            clip_range=clip_range,
+            clip_range_high=clip_range_high,
+            surrogate=self.surrogate,
+            delta_target_policy=self.delta_target_policy,
+            restoring_slope=self.restoring_slope,
+            dual_clip=self.dual_clip,
+            kl_trust_region=kl_trust_region,
+            kl_coef=self.kl_coef if self.uses_kl_penalty else None,
+            value_grad_rescaling=self.value_grad_rescaling,
+            pseudo_entropy_smoothing=self.pseudo_entropy_smoothing,
+            feature_drift_coef=self.feature_drift_coef if self._preactivations is not None else None,
+            ent_coef=self.ent_coef,
+            vf_coef=self.vf_coef,
+            clip_range_vf=clip_range_vf,
+            normalize_advantage=self.normalize_advantage,
+        )
 
     def train(self) -> None:
         """Update policy using the currently gathered rollout buffer (one forward pass per minibatch)."""
@@ -702,10 +706,11 @@ class VariantPPO(PPO):
         kl_bound = None
         if self._kl_trust_region_schedule is not None:
             kl_bound = scheduled_value(self._kl_trust_region_schedule, progress)
+        clip_range_vf = None
         if self.clip_range_vf is not None:
             clip_range_vf = self.clip_range_vf(progress)  # type: ignore[operator]
+        options = self._loss_options(clip_range, clip_range_high, clip_range_vf, kl_bound)
         probabilities = has_action_probabilities(self.action_space)
-        kl_coef = self.kl_coef
         # the running mean stays a tensor during the update (no sync per minibatch) and a float between updates
         pseudo_entropy_average: th.Tensor | float | None = self._pseudo_entropy_average
 
@@ -716,7 +721,7 @@ class VariantPPO(PPO):
         normalized_advantages: list[th.Tensor] = []
         logits: list[th.Tensor] = []
         grad_norms: list[th.Tensor] = []
-        value_loss_scales: list[th.Tensor | float] = []
+        value_loss_scales: list[th.Tensor] = []
         state_kls: list[th.Tensor] = []
         feature_drifts: list[th.Tensor] = []
 
@@ -730,81 +735,44 @@ class VariantPPO(PPO):
                     actions = rollout_data.actions.long().flatten()
 
                 values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions)
-                values = values.flatten()
-                advantages = rollout_data.advantages
-                # Normalization does not make sense if mini batchsize == 1 (SB3 GH issue #325)
-                if self.normalize_advantage and len(advantages) > 1:
-                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-
                 distribution: Distribution | None = None
-                if probabilities or self.uses_exact_kl:
-                    distribution = self._current_distribution(rollout_data.observations, len(advantages))
-                kl = None
-                if self.uses_exact_kl and distribution is not None:
-                    kl = exact_kl(rollout_data.old_distribution, distribution)  # type: ignore[attr-defined]
-                    state_kls.append(kl.detach())
-
-                ratio = objectives.probability_ratio(log_prob, rollout_data.old_log_prob)
-                target = objectives.target_ratio(
-                    rollout_data.old_log_prob, advantages, clip_range, self.delta_target_policy, clip_range_high
+                if probabilities or options.uses_exact_kl:
+                    distribution = self._current_distribution(rollout_data.observations, len(rollout_data.advantages))
+                evaluation = policy_evaluation(
+                    options,
+                    values.flatten(),
+                    log_prob,
+                    entropy,
+                    distribution,
+                    getattr(rollout_data, "old_distribution", None),
+                    None if self._preactivations is None else self._preactivations.output,
                 )
-                policy_loss = self._surrogate_loss(ratio, target, advantages, clip_range, kl, kl_bound)
-                pg_losses.append(policy_loss.item())
-                ratios.append(ratio.detach())
-                targets.append(target)
-                normalized_advantages.append(advantages.detach())
-
-                state_pseudo_entropy = None
+                minibatch = Minibatch(
+                    rollout_data.advantages,
+                    rollout_data.returns,
+                    rollout_data.old_values,
+                    rollout_data.old_log_prob,
+                    getattr(rollout_data, "old_features", None),
+                )
+                loss, statistics, pseudo_entropy_average = variant_ppo_loss(
+                    options, evaluation, minibatch, pseudo_entropy_average
+                )
+                pg_losses.append(statistics.policy_loss.item())
+                value_losses.append(statistics.value_loss.item())
+                entropy_losses.append(statistics.entropy_loss.item())
+                ratios.append(statistics.ratio)
+                targets.append(statistics.target)
+                normalized_advantages.append(statistics.advantages)
                 if probabilities and distribution is not None:
                     logits.append(distribution_parameters(distribution))
-                    if self.value_grad_rescaling is not None:
-                        state_pseudo_entropy = action_pseudo_entropy(distribution)
-
-                if self.clip_range_vf is None:
-                    values_pred = values
-                else:
-                    values_pred = rollout_data.old_values + th.clamp(
-                        values - rollout_data.old_values, -clip_range_vf, clip_range_vf
-                    )
-                if self.value_grad_rescaling is None:
-                    # SB3's exact expression, so that the default options reproduce PPO bit for bit
-                    value_loss = F.mse_loss(rollout_data.returns, values_pred)
-                    scaled_value_loss = value_loss
-                else:
-                    weight, pseudo_entropy_average = objectives.value_loss_weight(
-                        self.value_grad_rescaling,
-                        state_pseudo_entropy,
-                        pseudo_entropy_average,
-                        self.pseudo_entropy_smoothing,
-                    )
-                    if isinstance(weight, th.Tensor) and weight.dim() > 0:  # one weight per state
-                        value_errors = (rollout_data.returns - values_pred) ** 2
-                        value_loss = value_errors.mean()
-                        scaled_value_loss = (weight * value_errors).mean()
-                        value_loss_scales.append(weight.mean())
-                    else:  # one weight per minibatch: mean(w e) = w mean(e), one vector operation fewer
-                        value_loss = F.mse_loss(rollout_data.returns, values_pred)
-                        scaled_value_loss = weight * value_loss
-                        value_loss_scales.append(weight)
-                value_losses.append(value_loss.item())
-
-                if entropy is None:
-                    entropy_loss = -th.mean(-log_prob)
-                else:
-                    entropy_loss = -th.mean(entropy)
-                entropy_losses.append(entropy_loss.item())
-
-                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * scaled_value_loss
-                if self.uses_kl_penalty and kl is not None:
-                    loss = loss + kl_coef * kl.mean()
-                if self._preactivations is not None:
-                    drift = objectives.feature_drift(self._preactivations.output, rollout_data.old_features)  # type: ignore[arg-type, attr-defined]
-                    feature_drifts.append(drift.detach())
-                    loss = loss + self.feature_drift_coef * drift
-
-                with th.no_grad():
-                    approx_kl_div = objectives.approx_kl(log_prob, rollout_data.old_log_prob).cpu().numpy()
-                    approx_kl_divs.append(approx_kl_div)
+                if statistics.value_loss_scale is not None:
+                    value_loss_scales.append(statistics.value_loss_scale)
+                if statistics.kl is not None:
+                    state_kls.append(statistics.kl)
+                if statistics.feature_drift is not None:
+                    feature_drifts.append(statistics.feature_drift)
+                approx_kl_div = statistics.approx_kl.cpu().numpy()
+                approx_kl_divs.append(approx_kl_div)
 
                 if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
                     continue_training = False
@@ -812,7 +780,7 @@ class VariantPPO(PPO):
                         print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
                     break
                 if self.ratio_change_limit is not None:
-                    change = objectives.ratio_change(ratio).item()
+                    change = objectives.ratio_change(statistics.ratio).item()
                     if change > self.ratio_change_limit:
                         continue_training = False
                         if self.verbose >= 1:
@@ -863,15 +831,15 @@ class VariantPPO(PPO):
             self.logger.record("train/pseudo_entropy", pseudo_entropy.mean().item())
         value_loss_scale = 1.0
         if value_loss_scales:
-            value_loss_scale = th.stack([th.as_tensor(scale) for scale in value_loss_scales]).mean().item()
+            value_loss_scale = th.stack(value_loss_scales).mean().item()
         self.logger.record("train/value_loss_scale", value_loss_scale)
-        if self.uses_kl_penalty:
-            self.logger.record("train/kl_coef", kl_coef)
+        if options.kl_coef is not None:
+            self.logger.record("train/kl_coef", options.kl_coef)
         if last_epoch_kl is not None:
             self.logger.record("train/kl", last_epoch_kl.mean().item())
             self.logger.record("train/kl_p95", th.quantile(last_epoch_kl.double(), 0.95).item())
-            if kl_bound is not None:
-                beyond = (last_epoch_kl >= kl_bound).double().mean()
+            if options.kl_trust_region is not None:
+                beyond = (last_epoch_kl >= options.kl_trust_region).double().mean()
                 self.logger.record("train/kl_beyond_bound_fraction", beyond.item())
         if feature_drifts:
             self.logger.record("train/feature_drift", th.stack(feature_drifts).mean().item())

@@ -65,7 +65,7 @@ def mann_whitney_detectable_effect(n_baseline: int, n_arm: int, level: float, po
     return z * math.sqrt(1 / n_baseline + 1 / n_arm) / math.sqrt(3 / math.pi)
 
 
-def cochran_mantel_haenszel(events: np.ndarray, runs: np.ndarray) -> np.ndarray:
+def cochran_mantel_haenszel(events: np.ndarray, runs: np.ndarray | int) -> np.ndarray:
     """Two-sided p-values of the Cochran–Mantel–Haenszel test (no continuity correction), vectorised.
 
     ``events[..., k, g]`` events out of ``runs[..., k, g]`` runs in stratum (setting) ``k`` for group ``g``
