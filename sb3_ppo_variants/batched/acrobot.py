@@ -16,7 +16,7 @@ do not depend on which others share the vector, which is what lets many agents t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from gymnasium import spaces
@@ -94,7 +94,7 @@ class AcrobotVectorEnv(VectorEnv):
     :param max_episode_steps: steps before an episode is truncated (500 in Acrobot-v1)
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
+    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}  # noqa: RUF012 (VectorEnv's attribute)
 
     def __init__(self, num_envs: int = 1, max_episode_steps: int = MAX_EPISODE_STEPS) -> None:
         if not isinstance(num_envs, int) or num_envs < 1:
