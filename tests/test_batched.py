@@ -21,6 +21,7 @@ from sb3_ppo_variants.batched import (
     clip_grad_norms,
     generalized_advantages,
 )
+from sb3_ppo_variants.benchmark.tasks import SHARED_TRUNK
 
 th.set_num_threads(1)
 
@@ -143,6 +144,32 @@ def test_the_network_is_sb3s_mlp_policy():
     th.testing.assert_close(values[0], expected_values)
 
 
+def test_the_shared_trunk_network_is_sb3s_policy_with_mlp_trunk():
+    model = VariantPPO("MlpPolicy", "CartPole-v1", seed=3, policy_kwargs=SHARED_TRUNK)
+    network = StackedActorCritic.from_policies([model.policy])
+    assert network.trunk_layers == ["features_extractor.trunk.1", "features_extractor.trunk.3"]
+    assert network.actor_layers == network.critic_layers == []
+    observations = th.randn(7, 4, generator=th.Generator().manual_seed(0))
+    logits, values = network.forward(observations[None])
+    with th.no_grad():
+        distribution = model.policy.get_distribution(observations)
+        expected_values = model.policy.predict_values(observations).flatten()
+    th.testing.assert_close(logits[0] - logits[0].logsumexp(-1, keepdim=True), distribution.distribution.logits)
+    th.testing.assert_close(values[0], expected_values)
+    initialised = StackedActorCritic.initialise(4, 2, [th.Generator().manual_seed(0)], shared_trunk=True)
+    assert {name: tensor.shape[1:] for name, tensor in initialised.parameters.items()} == {
+        name: tensor.shape for name, tensor in network.agent_state_dict(0).items()
+    }
+    weight = initialised.parameters["features_extractor.trunk.3.weight"][0]
+    th.testing.assert_close(weight @ weight.T, 2.0 * th.eye(64), atol=1e-5, rtol=1e-5)
+
+
+def test_a_features_extractor_with_weights_must_be_shared():
+    model = VariantPPO("MlpPolicy", "CartPole-v1", policy_kwargs=dict(SHARED_TRUNK, share_features_extractor=False))
+    with pytest.raises(ValueError, match="must be shared by the actor and the critic"):
+        StackedActorCritic.from_policies([model.policy])
+
+
 def test_cartpole_agents_step_as_gymnasiums_cartpole_and_restart_in_the_same_step():
     env = CartPoleAgents([0, 1, 2])
     env.reset()
@@ -219,9 +246,11 @@ def _sb3_rollout(model: VariantPPO) -> StackedRollout:
         dict(ratio_change_limit=0.05),
     ],
 )
-def test_one_update_gives_variant_ppos_parameters(options):
+@pytest.mark.parametrize("shared_trunk", [False, True], ids=["separate", "shared"])
+def test_one_update_gives_variant_ppos_parameters(options, shared_trunk):
     kwargs = dict(n_steps=64, batch_size=16, n_epochs=4, learning_rate=3e-3)
-    model = VariantPPO("MlpPolicy", "CartPole-v1", seed=0, **kwargs, **options)
+    policy_kwargs = SHARED_TRUNK if shared_trunk else None
+    model = VariantPPO("MlpPolicy", "CartPole-v1", seed=0, policy_kwargs=policy_kwargs, **kwargs, **options)
     model.set_logger(configure(folder=None, format_strings=[]))
     _, callback = model._setup_learn(64, callback=None)
     model.collect_rollouts(model.get_env(), callback, model.rollout_buffer, n_rollout_steps=64)
@@ -242,9 +271,9 @@ def test_one_update_gives_variant_ppos_parameters(options):
     model.train()
     batched.update(rollout, permutations)
 
-    for name, expected in model.policy.state_dict().items():
-        actual = batched.network.parameters[name][0].detach()
-        th.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5, msg=name)
+    trained = model.policy.state_dict()
+    for name, actual in batched.network.agent_state_dict(0).items():
+        th.testing.assert_close(actual, trained[name], rtol=1e-5, atol=1e-5, msg=name)
     assert (model.policy.state_dict()["action_net.weight"] - initial["action_net.weight"]).abs().max() > 1e-4
     if "kl_coef" in options:
         assert batched.agent_options["kl_coef"].item() == pytest.approx(model.kl_coef)

@@ -1,4 +1,4 @@
-"""Many actor-critic MLPs as one: SB3's ``MlpPolicy`` parameters stacked on a leading agent axis."""
+"""Many actor-critic MLPs as one: SB3 ``MlpPolicy`` parameters stacked on a leading agent axis."""
 
 from __future__ import annotations
 
@@ -8,11 +8,20 @@ from collections.abc import Sequence
 import torch as th
 from stable_baselines3.common.policies import ActorCriticPolicy
 
-# SB3's MlpPolicy with separate networks, net_arch=dict(pi=[64, 64], vf=[64, 64]), tanh: its state-dict names
-HIDDEN_LAYERS = ("mlp_extractor.policy_net", "mlp_extractor.value_net")
-HEADS = ("action_net", "value_net")
-ORTHOGONAL_GAINS = {"mlp_extractor": math.sqrt(2.0), "action_net": 0.01, "value_net": 1.0}
-"""SB3's ``ActorCriticPolicy`` initialisation gains (``ortho_init=True``); biases start at 0."""
+# the parts of SB3's ActorCriticPolicy, by state-dict prefix, and its initialisation gains (ortho_init=True)
+TRUNK = "features_extractor.trunk"
+"""``policies.MlpTrunk``'s layers (``Linear`` at odd indices, after ``Flatten``), shared by actor and critic."""
+ACTOR = "mlp_extractor.policy_net"
+CRITIC = "mlp_extractor.value_net"
+ORTHOGONAL_GAINS = {
+    "features_extractor": math.sqrt(2.0),
+    "mlp_extractor": math.sqrt(2.0),
+    "action_net": 0.01,
+    "value_net": 1.0,
+}
+"""SB3's ``ActorCriticPolicy`` initialisation gains; biases start at 0."""
+_ALIASES = ("pi_features_extractor.", "vf_features_extractor.")
+"""With a shared features extractor SB3's state dict lists its tensors three times."""
 
 
 def _linear(inputs: th.Tensor, weight: th.Tensor, bias: th.Tensor) -> th.Tensor:
@@ -20,19 +29,29 @@ def _linear(inputs: th.Tensor, weight: th.Tensor, bias: th.Tensor) -> th.Tensor:
     return th.baddbmm(bias.unsqueeze(1), inputs, weight.transpose(1, 2))
 
 
-class StackedActorCritic:
-    """``S`` independent actor-critics, each SB3's ``MlpPolicy`` with a separate actor and critic.
+def _layers(names: Sequence[str], prefix: str) -> list[str]:
+    """The ``Linear`` layers under ``prefix``, in order (``prefix.<index>``)."""
+    layers = {name.rsplit(".", 1)[0] for name in names if name.startswith(prefix + ".") and name.endswith(".weight")}
+    return sorted(layers, key=lambda layer: int(layer.rsplit(".", 1)[1]))
 
-    ``parameters`` maps SB3's state-dict names (``mlp_extractor.policy_net.0.weight``, ``action_net.bias``, …)
-    to tensors with the agents on the first axis, so agent ``k``'s network is SB3's with ``parameters[name][k]``.
+
+class StackedActorCritic:
+    """``S`` independent actor-critics with tanh hidden layers, each one SB3 ``ActorCriticPolicy``.
+
+    Two shapes, SB3's ``MlpPolicy`` (a separate actor and critic, ``net_arch=dict(pi=[64, 64], vf=[64, 64])``)
+    and the shared trunk of ``policies.MlpTrunk`` with ``net_arch=[]``. ``parameters`` maps SB3's state-dict
+    names (``mlp_extractor.policy_net.0.weight``, ``action_net.bias``, …) to tensors with the agents on the
+    first axis, so agent ``k``'s network is SB3's with ``parameters[name][k]``.
 
     :param parameters: the stacked parameters, by SB3's names.
-    :param n_hidden_layers: hidden layers in each of the actor and the critic.
     """
 
-    def __init__(self, parameters: dict[str, th.Tensor], n_hidden_layers: int = 2) -> None:
+    def __init__(self, parameters: dict[str, th.Tensor]) -> None:
         self.parameters = parameters
-        self.n_hidden_layers = n_hidden_layers
+        names = list(parameters)
+        self.trunk_layers = _layers(names, TRUNK)
+        self.actor_layers = _layers(names, ACTOR)
+        self.critic_layers = _layers(names, CRITIC)
 
     @property
     def n_agents(self) -> int:
@@ -45,19 +64,21 @@ class StackedActorCritic:
         n_actions: int,
         generators: Sequence[th.Generator],
         hidden_sizes: Sequence[int] = (64, 64),
+        shared_trunk: bool = False,
     ) -> StackedActorCritic:
         """Orthogonal weights with SB3's gains and zero biases, agent ``k`` drawn from ``generators[k]`` only.
 
         :param observation_size: flat observation size.
         :param n_actions: actions of the Discrete action space.
         :param generators: one torch generator per agent.
-        :param hidden_sizes: hidden layer widths, the same for the actor and the critic.
+        :param hidden_sizes: hidden layer widths (of the trunk, or of each of the actor and the critic).
+        :param shared_trunk: ``MlpTrunk`` shared by both heads instead of a separate actor and critic.
         """
         shapes: dict[str, tuple[int, int]] = {}
-        for net in HIDDEN_LAYERS:
+        for net, first in ((TRUNK, 1),) if shared_trunk else ((ACTOR, 0), (CRITIC, 0)):
             size = observation_size
             for index, width in enumerate(hidden_sizes):
-                shapes[f"{net}.{2 * index}"] = (width, size)
+                shapes[f"{net}.{first + 2 * index}"] = (width, size)
                 size = width
         shapes["action_net"] = (n_actions, hidden_sizes[-1])
         shapes["value_net"] = (1, hidden_sizes[-1])
@@ -71,18 +92,25 @@ class StackedActorCritic:
                 weights.append(weight)
             parameters[f"{layer}.weight"] = th.stack(weights)
             parameters[f"{layer}.bias"] = th.zeros(len(generators), shape[0])
-        return cls(parameters, len(hidden_sizes))
+        return cls(parameters)
 
     @classmethod
     def from_policies(cls, policies: Sequence[ActorCriticPolicy]) -> StackedActorCritic:
-        """The networks of SB3 ``MlpPolicy`` policies (separate actor and critic), stacked in order."""
-        states = [policy.state_dict() for policy in policies]
-        parameters = {name: th.stack([state[name].detach().clone() for state in states]) for name in states[0]}
-        n_hidden_layers = sum(1 for name in parameters if name.startswith(HIDDEN_LAYERS[0]) and name.endswith("weight"))
-        return cls(parameters, n_hidden_layers)
+        """The networks of SB3 policies of one of the two shapes, stacked in order."""
+        states = []
+        for policy in policies:
+            state = policy.state_dict()
+            if not policy.share_features_extractor and any(name.startswith(_ALIASES) for name in state):
+                raise ValueError("a features extractor with weights must be shared by the actor and the critic")
+            states.append({name: tensor for name, tensor in state.items() if not name.startswith(_ALIASES)})
+        known = (f"{TRUNK}.", f"{ACTOR}.", f"{CRITIC}.", "action_net.", "value_net.")
+        unknown = [name for name in states[0] if not name.startswith(known)]
+        if unknown:
+            raise ValueError(f"parameters outside an MlpPolicy or MlpTrunk actor-critic: {unknown}")
+        return cls({name: th.stack([state[name].detach().clone() for state in states]) for name in states[0]})
 
     def agent_state_dict(self, agent: int) -> dict[str, th.Tensor]:
-        """Agent ``agent``'s parameters as the state dict of SB3's policy (load it with ``load_state_dict``)."""
+        """Agent ``agent``'s parameters by SB3's names (``policy.load_state_dict(…, strict=False)`` loads them)."""
         return {name: tensor[agent].detach().clone() for name, tensor in self.parameters.items()}
 
     def requires_grad_(self) -> StackedActorCritic:
@@ -90,24 +118,22 @@ class StackedActorCritic:
             tensor.requires_grad_(True)
         return self
 
-    def _mlp(self, net: str, inputs: th.Tensor) -> th.Tensor:
-        hidden = inputs
-        for index in range(self.n_hidden_layers):
-            layer = f"{net}.{2 * index}"
-            hidden = th.tanh(_linear(hidden, self.parameters[f"{layer}.weight"], self.parameters[f"{layer}.bias"]))
-        return hidden
+    def _hidden(self, layers: list[str], inputs: th.Tensor) -> th.Tensor:
+        for layer in layers:
+            inputs = th.tanh(_linear(inputs, self.parameters[f"{layer}.weight"], self.parameters[f"{layer}.bias"]))
+        return inputs
+
+    def _head(self, head: str, latent: th.Tensor) -> th.Tensor:
+        return _linear(latent, self.parameters[f"{head}.weight"], self.parameters[f"{head}.bias"])
 
     def forward(self, observations: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         """Action logits ``(S, B, n_actions)`` and values ``(S, B)`` for observations ``(S, B, obs)``."""
-        observations = observations.flatten(2)
-        latent_pi = self._mlp(HIDDEN_LAYERS[0], observations)
-        latent_vf = self._mlp(HIDDEN_LAYERS[1], observations)
-        logits = _linear(latent_pi, self.parameters["action_net.weight"], self.parameters["action_net.bias"])
-        values = _linear(latent_vf, self.parameters["value_net.weight"], self.parameters["value_net.bias"])
+        features = self._hidden(self.trunk_layers, observations.flatten(2))
+        logits = self._head("action_net", self._hidden(self.actor_layers, features))
+        values = self._head("value_net", self._hidden(self.critic_layers, features))
         return logits, values.squeeze(-1)
 
     def values(self, observations: th.Tensor) -> th.Tensor:
         """``V(s)`` only, ``(S, B)``."""
-        latent_vf = self._mlp(HIDDEN_LAYERS[1], observations.flatten(2))
-        values = _linear(latent_vf, self.parameters["value_net.weight"], self.parameters["value_net.bias"])
-        return values.squeeze(-1)
+        features = self._hidden(self.trunk_layers, observations.flatten(2))
+        return self._head("value_net", self._hidden(self.critic_layers, features)).squeeze(-1)

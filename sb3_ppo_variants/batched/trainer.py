@@ -86,6 +86,8 @@ class BatchedPPO:
     :param kl_adapt_tolerance: ``β``'s tolerance band, as ``VariantPPO``'s
     :param options: the loss options shared by every agent (``LossOptions``; its clip ranges are constant).
     :param agent_options: per-agent values of the options in ``AGENT_OPTIONS``, by name, one per agent.
+    :param shared_trunk: the actor and the critic share ``policies.MlpTrunk`` (64-64) with linear heads, as the
+        collapse study's ``-shared`` tasks; ``False``: SB3's ``MlpPolicy``, a separate 64-64 actor and critic
     :param network: initial networks; ``None`` draws them with SB3's orthogonal initialisation.
     """
 
@@ -107,6 +109,7 @@ class BatchedPPO:
         kl_adapt_tolerance: float = 1.5,
         options: LossOptions | None = None,
         agent_options: Mapping[str, Sequence[float]] | None = None,
+        shared_trunk: bool = False,
         network: StackedActorCritic | None = None,
     ) -> None:
         self.seeds = list(seeds)
@@ -143,7 +146,9 @@ class BatchedPPO:
         observation_size = int(np.prod(observation_shape))
         n_actions = int(self.env.single_action_space.n)  # type: ignore[attr-defined]
         if network is None:
-            network = StackedActorCritic.initialise(observation_size, n_actions, self.generators)
+            network = StackedActorCritic.initialise(
+                observation_size, n_actions, self.generators, shared_trunk=shared_trunk
+            )
         self.network = network.requires_grad_()
         rates = [learning_rate] * n_agents if isinstance(learning_rate, (int, float)) else list(learning_rate)
         self.optimizer = StackedAdam(list(self.network.parameters.values()), th.tensor(rates, dtype=th.float64))
