@@ -41,21 +41,38 @@ class StackedActorCritic:
     Two shapes, SB3's ``MlpPolicy`` (a separate actor and critic, ``net_arch=dict(pi=[64, 64], vf=[64, 64])``)
     and the shared trunk of ``policies.MlpTrunk`` with ``net_arch=[]``. ``parameters`` maps SB3's state-dict
     names (``mlp_extractor.policy_net.0.weight``, ``action_net.bias``, …) to tensors with the agents on the
-    first axis, so agent ``k``'s network is SB3's with ``parameters[name][k]``.
+    first axis, so agent ``k``'s network is SB3's with ``parameters[name][k]``. They are views of one
+    ``(S, P)`` tensor, ``flat``, the leaf that the optimiser steps and the gradient lands on: one
+    operation updates every parameter of every agent.
 
     :param parameters: the stacked parameters, by SB3's names.
     """
 
     def __init__(self, parameters: dict[str, th.Tensor]) -> None:
-        self.parameters = parameters
+        first = next(iter(parameters.values()))
+        self.flat = th.cat([tensor.detach().reshape(first.shape[0], -1) for tensor in parameters.values()], dim=1)
+        self._layout: dict[str, tuple[int, int, tuple[int, ...]]] = {}
+        offset = 0
+        for name, tensor in parameters.items():
+            size = tensor[0].numel()
+            self._layout[name] = (offset, offset + size, tuple(tensor.shape[1:]))
+            offset += size
         names = list(parameters)
         self.trunk_layers = _layers(names, TRUNK)
         self.actor_layers = _layers(names, ACTOR)
         self.critic_layers = _layers(names, CRITIC)
 
     @property
+    def parameters(self) -> dict[str, th.Tensor]:
+        """Every parameter, ``(S, …)``, as a view of ``flat``."""
+        agents = self.flat.shape[0]
+        return {
+            name: self.flat[:, start:end].view(agents, *shape) for name, (start, end, shape) in self._layout.items()
+        }
+
+    @property
     def n_agents(self) -> int:
-        return int(self.parameters["action_net.weight"].shape[0])
+        return int(self.flat.shape[0])
 
     @classmethod
     def initialise(
@@ -114,26 +131,29 @@ class StackedActorCritic:
         return {name: tensor[agent].detach().clone() for name, tensor in self.parameters.items()}
 
     def requires_grad_(self) -> StackedActorCritic:
-        for tensor in self.parameters.values():
-            tensor.requires_grad_(True)
+        self.flat.requires_grad_(True)
         return self
 
-    def _hidden(self, layers: list[str], inputs: th.Tensor) -> th.Tensor:
+    @staticmethod
+    def _hidden(parameters: dict[str, th.Tensor], layers: list[str], inputs: th.Tensor) -> th.Tensor:
         for layer in layers:
-            inputs = th.tanh(_linear(inputs, self.parameters[f"{layer}.weight"], self.parameters[f"{layer}.bias"]))
+            inputs = th.tanh(_linear(inputs, parameters[f"{layer}.weight"], parameters[f"{layer}.bias"]))
         return inputs
 
-    def _head(self, head: str, latent: th.Tensor) -> th.Tensor:
-        return _linear(latent, self.parameters[f"{head}.weight"], self.parameters[f"{head}.bias"])
+    @staticmethod
+    def _head(parameters: dict[str, th.Tensor], head: str, latent: th.Tensor) -> th.Tensor:
+        return _linear(latent, parameters[f"{head}.weight"], parameters[f"{head}.bias"])
 
     def forward(self, observations: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         """Action logits ``(S, B, n_actions)`` and values ``(S, B)`` for observations ``(S, B, obs)``."""
-        features = self._hidden(self.trunk_layers, observations.flatten(2))
-        logits = self._head("action_net", self._hidden(self.actor_layers, features))
-        values = self._head("value_net", self._hidden(self.critic_layers, features))
+        parameters = self.parameters
+        features = self._hidden(parameters, self.trunk_layers, observations.flatten(2))
+        logits = self._head(parameters, "action_net", self._hidden(parameters, self.actor_layers, features))
+        values = self._head(parameters, "value_net", self._hidden(parameters, self.critic_layers, features))
         return logits, values.squeeze(-1)
 
     def values(self, observations: th.Tensor) -> th.Tensor:
         """``V(s)`` only, ``(S, B)``."""
-        features = self._hidden(self.trunk_layers, observations.flatten(2))
-        return self._head("value_net", self._hidden(self.critic_layers, features)).squeeze(-1)
+        parameters = self.parameters
+        features = self._hidden(parameters, self.trunk_layers, observations.flatten(2))
+        return self._head(parameters, "value_net", self._hidden(parameters, self.critic_layers, features)).squeeze(-1)

@@ -67,9 +67,16 @@ class StackedAdam:
         steps = self.steps.clamp(min=1.0)
         step_sizes = (self.learning_rates.double() / (1.0 - beta1**steps)).to(self.parameters[0].dtype)
         bias_correction2_sqrt = ((1.0 - beta2**steps) ** 0.5).to(self.parameters[0].dtype)
+        every_agent = bool(active.all())
         for parameter, exp_avg, exp_avg_sq in zip(self.parameters, self.exp_avgs, self.exp_avg_sqs, strict=True):
             gradient = parameter.grad
             assert gradient is not None
+            if every_agent:  # the common case, in place
+                exp_avg.lerp_(gradient, 1.0 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(gradient, gradient, value=1.0 - beta2)
+                denominator = (exp_avg_sq.sqrt() / _per_agent(bias_correction2_sqrt, parameter)).add_(self.eps)
+                parameter.sub_(_per_agent(step_sizes, parameter) * exp_avg / denominator)
+                continue
             keep = _per_agent(active, parameter)
             new_avg = exp_avg.lerp(gradient, 1.0 - beta1)
             new_avg_sq = exp_avg_sq * beta2 + (1.0 - beta2) * gradient * gradient

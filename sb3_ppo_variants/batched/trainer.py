@@ -151,7 +151,7 @@ class BatchedPPO:
             )
         self.network = network.requires_grad_()
         rates = [learning_rate] * n_agents if isinstance(learning_rate, (int, float)) else list(learning_rate)
-        self.optimizer = StackedAdam(list(self.network.parameters.values()), th.tensor(rates, dtype=th.float64))
+        self.optimizer = StackedAdam([self.network.flat], th.tensor(rates, dtype=th.float64))
         self.pseudo_entropy_average: th.Tensor | None = None
         self.failed = th.zeros(n_agents, dtype=th.bool)
         self.failed_at: list[int | None] = [None] * n_agents
@@ -167,15 +167,12 @@ class BatchedPPO:
 
     # ------------------------------------------------------------------ rollout
 
-    def _sample(self, logits: th.Tensor) -> th.Tensor:
-        """One action per environment, agent ``k`` drawing from its own generator, ``(S, E)``."""
-        probs = th.softmax(logits, dim=-1)
-        return th.stack(
-            [
-                th.multinomial(probs[agent], 1, replacement=True, generator=generator).squeeze(-1)
-                for agent, generator in enumerate(self.generators)
-            ]
-        )
+    @staticmethod
+    def _sample(logits: th.Tensor, uniforms: th.Tensor) -> th.Tensor:
+        """Actions by inversion of the categorical CDF: the first ``a`` with ``u < Σ_{b≤a} π(b)``, ``(S, E)``."""
+        cumulative = th.softmax(logits, dim=-1).cumsum(dim=-1)
+        below = (uniforms.unsqueeze(-1) >= cumulative).sum(dim=-1)
+        return below.clamp(max=logits.shape[-1] - 1)
 
     @th.no_grad()
     def collect_rollout(self) -> StackedRollout:
@@ -192,11 +189,13 @@ class BatchedPPO:
             key: [] for key in ("observations", "actions", "rewards", "starts", "values", "log_prob", "logits")
         }
         dones = th.zeros(n_agents, n_envs)
-        for _ in range(self.n_steps):
+        # each agent's action noise for the whole rollout from its own generator: (T, S, E)
+        uniforms = th.stack([th.rand(self.n_steps, n_envs, generator=generator) for generator in self.generators], 1)
+        for step in range(self.n_steps):
             logits, values = self.network.forward(self._last_obs)
             self.failed |= ~(th.isfinite(logits).flatten(1).all(dim=1) & th.isfinite(values).all(dim=1))
             logits = th.where(self.failed.view(-1, 1, 1), th.zeros_like(logits), logits)
-            actions = self._sample(logits)
+            actions = self._sample(logits, uniforms[step])
             normalised, log_prob, _ = categorical_outputs(logits, actions)
             observations, rewards, terminated, truncated, info = self.env.step(actions.flatten().numpy())
             self._record_episodes(rewards, terminated | truncated)
