@@ -346,3 +346,51 @@ def test_batched_agents_learn_cartpole():
     assert not trainer.failed.any()
     final = [np.mean(returns[-10:]) for returns in trainer.episode_returns]
     assert min(final) > 150, final
+
+
+# --------------------------------------------------------------------------- SB3's conventions
+
+
+def test_evaluation_is_the_sb3_runners():
+    from sb3_ppo_variants.benchmark.runs import evaluate
+    from sb3_ppo_variants.benchmark.tasks import TASKS
+
+    models = [VariantPPO("MlpPolicy", "CartPole-v1", seed=seed) for seed in (3, 4)]
+    trainer = BatchedPPO([3, 4], network=StackedActorCritic.from_policies([model.policy for model in models]))
+    returns = trainer.evaluate()
+    assert returns.shape == (2, 5)
+    for agent, (model, seed) in enumerate(zip(models, (3, 4), strict=True)):
+        assert returns[agent].tolist() == evaluate(model, TASKS["CartPole-v1"], seed)
+    assert len(set(returns.flatten().tolist())) > 1  # episodes of different lengths, so the seeds matter
+
+
+def test_periodic_evaluation_records_as_the_runner():
+    trainer = BatchedPPO([0, 1], n_envs=8, n_steps=16, batch_size=64, n_epochs=1).learn(600, eval_every=250)
+    steps = [record["step"] for record in trainer.evaluations[1]]
+    # at the start, at the first step count reaching each multiple of 250 (8 steps at a time), at the end
+    assert steps == [0, 256, 504, 640]
+    last = trainer.evaluations[1][-1]
+    assert last["eval_return"] == pytest.approx(np.mean(last["eval_returns"]), abs=0.01)
+    assert last["train_return"] == pytest.approx(np.mean(trainer.episode_returns[1][-100:]))
+
+
+def test_truncated_episodes_bootstrap_with_the_value_of_their_last_observation():
+    gamma, n_steps = 0.9, 12
+    trainer = BatchedPPO([0, 1], n_envs=2, n_steps=n_steps, gamma=gamma, gae_lambda=1.0, max_episode_steps=5)
+    rollout = trainer.collect_rollout()
+    # replay the same actions to find the truncated steps and their last observations
+    replay = CartPoleAgents([0, 1, 1, 2], max_episode_steps=5)
+    replay.reset()
+    actions = rollout.actions.view(2, 2, n_steps).permute(2, 0, 1).reshape(n_steps, 4)  # (T, agent · env)
+    checked = 0
+    for step in range(n_steps):
+        _, _, terminated, truncated, info = replay.step(actions[step].numpy())
+        for env in np.flatnonzero(truncated & ~terminated):
+            agent, index = divmod(env, 2)
+            final = th.as_tensor(info["final_observation"][env]).view(1, 1, -1)
+            value = trainer.network.values(final.expand(2, 1, 4))[agent, 0]
+            # the episode ends here, so its return is its last reward, 1 + γ V(s_T)
+            sample = index * n_steps + step
+            assert rollout.returns[agent, sample].item() == pytest.approx(1.0 + gamma * value.item(), rel=1e-5)
+            checked += 1
+    assert checked >= 4

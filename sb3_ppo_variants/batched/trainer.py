@@ -38,6 +38,8 @@ AGENT_OPTIONS = (
     "vf_coef",
 )
 """The ``LossOptions`` that may take one value per agent: numbers that do not choose the loss's code path."""
+TRAIN_RETURN_WINDOW = 100
+"""Training episodes in ``train_return``: SB3's ``stats_window_size``, whose ``ep_info_buffer`` the runner reads."""
 
 
 class StackedRollout(NamedTuple):
@@ -88,6 +90,7 @@ class BatchedPPO:
     :param agent_options: per-agent values of the options in ``AGENT_OPTIONS``, by name, one per agent.
     :param shared_trunk: the actor and the critic share ``policies.MlpTrunk`` (64-64) with linear heads, as the
         collapse study's ``-shared`` tasks; ``False``: SB3's ``MlpPolicy``, a separate 64-64 actor and critic
+    :param max_episode_steps: truncation of the episodes (``CartPole-v1``: 500)
     :param network: initial networks; ``None`` draws them with SB3's orthogonal initialisation.
     """
 
@@ -110,6 +113,7 @@ class BatchedPPO:
         options: LossOptions | None = None,
         agent_options: Mapping[str, Sequence[float]] | None = None,
         shared_trunk: bool = False,
+        max_episode_steps: int = 500,
         network: StackedActorCritic | None = None,
     ) -> None:
         self.seeds = list(seeds)
@@ -140,7 +144,11 @@ class BatchedPPO:
             # β adapts per agent, once per rollout
             self.agent_options["kl_coef"] = th.full((n_agents,), self.options.kl_coef)
         self.generators = [th.Generator().manual_seed(seed) for seed in self.seeds]
-        self.env = CartPoleAgents([seed * 1_000_003 + index for seed in self.seeds for index in range(n_envs)])
+        self.max_episode_steps = max_episode_steps
+        # environment i of an agent seeded with seed + i, as SB3's make_vec_env seeds the SB3 runner's
+        self.env = CartPoleAgents(
+            [seed + index for seed in self.seeds for index in range(n_envs)], max_episode_steps=max_episode_steps
+        )
         observation_shape = self.env.single_observation_space.shape
         assert observation_shape is not None
         observation_size = int(np.prod(observation_shape))
@@ -157,6 +165,10 @@ class BatchedPPO:
         self.failed_at: list[int | None] = [None] * n_agents
         self.num_timesteps = 0
         self.episode_returns: list[list[float]] = [[] for _ in range(n_agents)]
+        self.evaluations: list[list[dict[str, Any]]] = [[] for _ in range(n_agents)]
+        """Per agent, the SB3 runner's records: ``step``, ``eval_return``, ``eval_returns``, ``train_return``."""
+        self._eval_every: int | None = None
+        self._next_eval = 0
         self._running_returns = np.zeros(n_agents * n_envs)
         self._last_obs: th.Tensor | None = None
         self._last_episode_starts = th.ones(n_agents, n_envs)
@@ -199,6 +211,7 @@ class BatchedPPO:
             normalised, log_prob, _ = categorical_outputs(logits, actions)
             observations, rewards, terminated, truncated, info = self.env.step(actions.flatten().numpy())
             self._record_episodes(rewards, terminated | truncated)
+            self.num_timesteps += n_envs
             rewards_t = th.as_tensor(rewards, dtype=th.float32).view(n_agents, n_envs)
             bootstrap = th.as_tensor(truncated & ~terminated).view(n_agents, n_envs)
             if bootstrap.any():  # timeouts bootstrap with the value function (SB3 GH issue #633)
@@ -213,7 +226,8 @@ class BatchedPPO:
             dones = th.as_tensor(terminated | truncated, dtype=th.float32).view(n_agents, n_envs)
             self._last_obs = th.as_tensor(observations).view(n_agents, n_envs, -1)
             self._last_episode_starts = dones
-            self.num_timesteps += n_envs
+            if self._eval_every is not None and self.num_timesteps >= self._next_eval:
+                self._record_evaluation()
         self._record_failures(failed_before)
         stacked = {key: th.stack(values) for key, values in steps.items()}  # (T, S, E, ...)
         advantages, returns = generalized_advantages(
@@ -368,8 +382,67 @@ class BatchedPPO:
                 )
                 coefficients[agent] = max(adapted, KL_COEF_FLOOR)
 
-    def learn(self, total_timesteps: int) -> BatchedPPO:
-        """Rollouts and updates until every agent has taken ``total_timesteps`` environment steps."""
+    @th.no_grad()
+    def evaluate(self, n_episodes: int | None = None, seed_offset: int | None = None) -> th.Tensor:
+        """Returns of greedy episodes played in parallel, one per environment, as the SB3 runner evaluates.
+
+        Agent ``k``'s environment ``i`` is seeded ``seed_offset + seed_k + i``, as the runner's ``DummyVecEnv``;
+        the action is the most probable one (SB3's ``deterministic=True``).
+
+        :param n_episodes: episodes per agent (default: the runner's ``N_EVAL_EPISODES``).
+        :param seed_offset: default: the runner's ``EVAL_SEED_OFFSET``.
+        :return: ``(S, n_episodes)``; NaN for a failed agent.
+        """
+        from sb3_ppo_variants.benchmark.runs import EVAL_SEED_OFFSET, N_EVAL_EPISODES
+
+        n_episodes = N_EVAL_EPISODES if n_episodes is None else n_episodes
+        seed_offset = EVAL_SEED_OFFSET if seed_offset is None else seed_offset
+        env = CartPoleAgents(
+            [seed_offset + seed + index for seed in self.seeds for index in range(n_episodes)],
+            max_episode_steps=self.max_episode_steps,
+        )
+        observations, _ = env.reset()
+        returns = np.zeros(env.num_envs)
+        finished = np.zeros(env.num_envs, dtype=bool)
+        while not finished.all():
+            logits, _ = self.network.forward(th.as_tensor(observations).view(self.n_agents, n_episodes, -1))
+            actions = th.softmax(logits, dim=-1).argmax(dim=-1)
+            observations, rewards, terminated, truncated, _ = env.step(actions.flatten().numpy())
+            returns += np.where(finished, 0.0, rewards)
+            finished |= terminated | truncated
+        result = th.as_tensor(returns).view(self.n_agents, n_episodes)
+        result[self.failed] = float("nan")
+        return result
+
+    def _record_evaluation(self) -> None:
+        returns = self.evaluate()
+        for agent, agent_returns in enumerate(returns.tolist()):
+            recent = self.episode_returns[agent][-TRAIN_RETURN_WINDOW:]
+            self.evaluations[agent].append(
+                {
+                    "step": self.num_timesteps,
+                    "eval_return": float(np.mean(agent_returns)),
+                    "eval_returns": [round(value, 2) for value in agent_returns],
+                    "train_return": float(np.mean(recent)) if recent else None,
+                }
+            )
+        if self._eval_every is not None:
+            self._next_eval += self._eval_every
+
+    def learn(self, total_timesteps: int, eval_every: int | None = None) -> BatchedPPO:
+        """Rollouts and updates until every agent has taken ``total_timesteps`` environment steps.
+
+        :param total_timesteps: environment steps per agent.
+        :param eval_every: evaluate every agent (``evaluate``) at the start, as soon as its step count reaches
+            each multiple of ``eval_every`` and at the end, as the SB3 runner's ``PeriodicEvaluation``;
+            ``None``: no evaluation.
+        """
+        self._eval_every = eval_every
+        if eval_every is not None:
+            self._next_eval = self.num_timesteps
+            self._record_evaluation()
         while self.num_timesteps < total_timesteps:
             self.update(self.collect_rollout())
+        if eval_every is not None and self.evaluations[0][-1]["step"] != self.num_timesteps:
+            self._record_evaluation()
         return self
