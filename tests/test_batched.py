@@ -229,6 +229,7 @@ def _sb3_rollout(model: VariantPPO) -> StackedRollout:
         flat(buffer.advantages),
         flat(buffer.returns),
         flat(old_logits),
+        flat(buffer.old_features) if buffer.feature_size else None,
     )
 
 
@@ -244,12 +245,17 @@ def _sb3_rollout(model: VariantPPO) -> StackedRollout:
         dict(kl_coef=1.0, surrogate="unclipped"),
         dict(kl_trust_region=0.01, peaked_policy_loss=5.0),
         dict(ratio_change_limit=0.05),
+        dict(clip_range_high=0.28),
+        dict(feature_drift_coef=1.0),
+        dict(policy_kwargs=dict(optimizer_kwargs=dict(betas=(0.99, 0.99)))),
     ],
+    ids=lambda options: "-".join(options) or "ppo",
 )
 @pytest.mark.parametrize("shared_trunk", [False, True], ids=["separate", "shared"])
 def test_one_update_gives_variant_ppos_parameters(options, shared_trunk):
     kwargs = dict(n_steps=64, batch_size=16, n_epochs=4, learning_rate=3e-3)
-    policy_kwargs = SHARED_TRUNK if shared_trunk else None
+    options = dict(options)
+    policy_kwargs = dict(SHARED_TRUNK if shared_trunk else {}, **options.pop("policy_kwargs", {}))
     model = VariantPPO("MlpPolicy", "CartPole-v1", seed=0, policy_kwargs=policy_kwargs, **kwargs, **options)
     model.set_logger(configure(folder=None, format_strings=[]))
     _, callback = model._setup_learn(64, callback=None)
@@ -258,7 +264,9 @@ def test_one_update_gives_variant_ppos_parameters(options, shared_trunk):
     batched = BatchedPPO(
         [0],
         network=StackedActorCritic.from_policies([model.policy]),
-        options=model._loss_options(0.2, None, None, model.kl_trust_region),
+        options=model._loss_options(0.2, model.clip_range_high, None, model.kl_trust_region),
+        adam_betas=model.policy.optimizer.defaults["betas"],
+        adam_eps=model.policy.optimizer.defaults["eps"],
         target_kl=model.target_kl,
         ratio_change_limit=model.ratio_change_limit,
         **kwargs,
@@ -394,3 +402,16 @@ def test_truncated_episodes_bootstrap_with_the_value_of_their_last_observation()
             assert rollout.returns[agent, sample].item() == pytest.approx(1.0 + gamma * value.item(), rel=1e-5)
             checked += 1
     assert checked >= 4
+
+
+def test_the_rollout_records_pfos_features_only_when_asked():
+    from sb3_ppo_variants.loss import LossOptions
+
+    plain = BatchedPPO([0, 1], n_steps=16).collect_rollout()
+    assert plain.old_features is None
+    trainer = BatchedPPO([0, 1], n_steps=16, options=LossOptions(clip_range=0.2, feature_drift_coef=1.0))
+    rollout = trainer.collect_rollout()
+    with th.no_grad():
+        _, _, features = trainer.network.forward_with_features(rollout.observations)
+    assert rollout.old_features.shape == (2, 16, 64)
+    th.testing.assert_close(rollout.old_features, features)

@@ -135,25 +135,37 @@ class StackedActorCritic:
         return self
 
     @staticmethod
-    def _hidden(parameters: dict[str, th.Tensor], layers: list[str], inputs: th.Tensor) -> th.Tensor:
+    def _hidden(
+        parameters: dict[str, th.Tensor], layers: list[str], inputs: th.Tensor, pre_activations: list[th.Tensor]
+    ) -> th.Tensor:
         for layer in layers:
-            inputs = th.tanh(_linear(inputs, parameters[f"{layer}.weight"], parameters[f"{layer}.bias"]))
+            pre_activations.append(_linear(inputs, parameters[f"{layer}.weight"], parameters[f"{layer}.bias"]))
+            inputs = th.tanh(pre_activations[-1])
         return inputs
 
     @staticmethod
     def _head(parameters: dict[str, th.Tensor], head: str, latent: th.Tensor) -> th.Tensor:
         return _linear(latent, parameters[f"{head}.weight"], parameters[f"{head}.bias"])
 
+    def forward_with_features(self, observations: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """Logits, values and PFO's ``φ(s)``, ``(S, B, width)``: the pre-activations of the actor's last hidden
+        layer (its own, or the shared trunk's last), the layer ``VariantPPO``'s ``feature_drift_coef`` reads."""
+        parameters = self.parameters
+        pre_activations: list[th.Tensor] = []
+        features = self._hidden(parameters, self.trunk_layers, observations.flatten(2), pre_activations)
+        latent_pi = self._hidden(parameters, self.actor_layers, features, pre_activations)
+        logits = self._head(parameters, "action_net", latent_pi)
+        values = self._head(parameters, "value_net", self._hidden(parameters, self.critic_layers, features, []))
+        return logits, values.squeeze(-1), pre_activations[-1]
+
     def forward(self, observations: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         """Action logits ``(S, B, n_actions)`` and values ``(S, B)`` for observations ``(S, B, obs)``."""
-        parameters = self.parameters
-        features = self._hidden(parameters, self.trunk_layers, observations.flatten(2))
-        logits = self._head(parameters, "action_net", self._hidden(parameters, self.actor_layers, features))
-        values = self._head(parameters, "value_net", self._hidden(parameters, self.critic_layers, features))
-        return logits, values.squeeze(-1)
+        logits, values, _ = self.forward_with_features(observations)
+        return logits, values
 
     def values(self, observations: th.Tensor) -> th.Tensor:
         """``V(s)`` only, ``(S, B)``."""
         parameters = self.parameters
-        features = self._hidden(parameters, self.trunk_layers, observations.flatten(2))
-        return self._head(parameters, "value_net", self._hidden(parameters, self.critic_layers, features)).squeeze(-1)
+        features = self._hidden(parameters, self.trunk_layers, observations.flatten(2), [])
+        latent_vf = self._hidden(parameters, self.critic_layers, features, [])
+        return self._head(parameters, "value_net", latent_vf).squeeze(-1)

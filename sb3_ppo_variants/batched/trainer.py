@@ -34,6 +34,7 @@ AGENT_OPTIONS = (
     "kl_coef",
     "kl_trust_region",
     "pseudo_entropy_smoothing",
+    "feature_drift_coef",
     "ent_coef",
     "vf_coef",
 )
@@ -53,6 +54,8 @@ class StackedRollout(NamedTuple):
     returns: th.Tensor
     old_logits: th.Tensor
     """The rollout policy's normalised logits, for the exact KL."""
+    old_features: th.Tensor | None = None
+    """PFO's ``φ_old(s)``, ``(S, N, width)``, recorded with ``feature_drift_coef``."""
 
 
 def _in_dims(values: Any) -> Any:
@@ -91,6 +94,8 @@ class BatchedPPO:
     :param shared_trunk: the actor and the critic share ``policies.MlpTrunk`` (64-64) with linear heads, as the
         collapse study's ``-shared`` tasks; ``False``: SB3's ``MlpPolicy``, a separate 64-64 actor and critic
     :param max_episode_steps: truncation of the episodes (``CartPole-v1``: 500)
+    :param adam_betas: Adam's ``(β1, β2)``, SB3's by default
+    :param adam_eps: Adam's ``ε``, SB3's PPO's by default (SB3 keeps torch's 1e-8 when ``optimizer_kwargs`` are given)
     :param network: initial networks; ``None`` draws them with SB3's orthogonal initialisation.
     """
 
@@ -114,6 +119,8 @@ class BatchedPPO:
         agent_options: Mapping[str, Sequence[float]] | None = None,
         shared_trunk: bool = False,
         max_episode_steps: int = 500,
+        adam_betas: tuple[float, float] = (0.9, 0.999),
+        adam_eps: float = 1e-5,
         network: StackedActorCritic | None = None,
     ) -> None:
         self.seeds = list(seeds)
@@ -124,8 +131,6 @@ class BatchedPPO:
         self.kl_penalty_target, self.kl_adapt_factor = kl_penalty_target, kl_adapt_factor
         self.kl_adapt_tolerance = kl_adapt_tolerance
         self.options = LossOptions(clip_range=0.2) if options is None else options
-        if self.options.feature_drift_coef is not None or self.options.clip_range_high is not None:
-            raise ValueError("feature_drift_coef and clip_range_high are not available in BatchedPPO yet")
         self.agent_options = {
             name: th.as_tensor(values, dtype=th.float32) for name, values in (agent_options or {}).items()
         }
@@ -159,7 +164,9 @@ class BatchedPPO:
             )
         self.network = network.requires_grad_()
         rates = [learning_rate] * n_agents if isinstance(learning_rate, (int, float)) else list(learning_rate)
-        self.optimizer = StackedAdam([self.network.flat], th.tensor(rates, dtype=th.float64))
+        self.optimizer = StackedAdam(
+            [self.network.flat], th.tensor(rates, dtype=th.float64), betas=adam_betas, eps=adam_eps
+        )
         self.pseudo_entropy_average: th.Tensor | None = None
         self.failed = th.zeros(n_agents, dtype=th.bool)
         self.failed_at: list[int | None] = [None] * n_agents
@@ -198,13 +205,14 @@ class BatchedPPO:
             observations, _ = self.env.reset()
             self._last_obs = th.as_tensor(observations).view(n_agents, n_envs, -1)
         steps: dict[str, list[th.Tensor]] = {
-            key: [] for key in ("observations", "actions", "rewards", "starts", "values", "log_prob", "logits")
+            key: []
+            for key in ("observations", "actions", "rewards", "starts", "values", "log_prob", "logits", "features")
         }
         dones = th.zeros(n_agents, n_envs)
         # each agent's action noise for the whole rollout from its own generator: (T, S, E)
         uniforms = th.stack([th.rand(self.n_steps, n_envs, generator=generator) for generator in self.generators], 1)
         for step in range(self.n_steps):
-            logits, values = self.network.forward(self._last_obs)
+            logits, values, features = self.network.forward_with_features(self._last_obs)
             self.failed |= ~(th.isfinite(logits).flatten(1).all(dim=1) & th.isfinite(values).all(dim=1))
             logits = th.where(self.failed.view(-1, 1, 1), th.zeros_like(logits), logits)
             actions = self._sample(logits, uniforms[step])
@@ -219,7 +227,7 @@ class BatchedPPO:
                 rewards_t = rewards_t + self.gamma * th.where(bootstrap, self.network.values(final), 0.0)
             for key, value in zip(
                 steps,
-                (self._last_obs, actions, rewards_t, self._last_episode_starts, values, log_prob, normalised),
+                (self._last_obs, actions, rewards_t, self._last_episode_starts, values, log_prob, normalised, features),
                 strict=True,
             ):
                 steps[key].append(value)
@@ -229,7 +237,9 @@ class BatchedPPO:
             if self._eval_every is not None and self.num_timesteps >= self._next_eval:
                 self._record_evaluation()
         self._record_failures(failed_before)
-        stacked = {key: th.stack(values) for key, values in steps.items()}  # (T, S, E, ...)
+        records_features = self.options.feature_drift_coef is not None
+        # (T, S, E, ...)
+        stacked = {key: th.stack(values) for key, values in steps.items() if key != "features" or records_features}
         advantages, returns = generalized_advantages(
             stacked["rewards"],
             stacked["values"],
@@ -240,18 +250,14 @@ class BatchedPPO:
             self.gae_lambda,
         )
         return StackedRollout(
-            *(
-                self._flatten(tensor)
-                for tensor in (
-                    stacked["observations"],
-                    stacked["actions"],
-                    stacked["values"],
-                    stacked["log_prob"],
-                    advantages,
-                    returns,
-                    stacked["logits"],
-                )
-            )
+            observations=self._flatten(stacked["observations"]),
+            actions=self._flatten(stacked["actions"]),
+            old_values=self._flatten(stacked["values"]),
+            old_log_prob=self._flatten(stacked["log_prob"]),
+            advantages=self._flatten(advantages),
+            returns=self._flatten(returns),
+            old_logits=self._flatten(stacked["logits"]),
+            old_features=self._flatten(stacked["features"]) if records_features else None,
         )
 
     @staticmethod
@@ -305,19 +311,26 @@ class BatchedPPO:
 
     def _evaluate(self, rollout: StackedRollout, index: th.Tensor) -> tuple[PolicyEvaluation, Minibatch]:
         agents = th.arange(self.n_agents).unsqueeze(1)
-        logits, values = self.network.forward(rollout.observations[agents, index])
+        logits, values, features = self.network.forward_with_features(rollout.observations[agents, index])
         normalised, log_prob, entropy = categorical_outputs(logits, rollout.actions[agents, index])
         pseudo_entropy = kl = None
         if self.options.uses_pseudo_entropy:
             pseudo_entropy = objectives.pseudo_entropy(th.softmax(normalised, dim=-1))
         if self.options.uses_exact_kl:
             kl = objectives.categorical_kl(rollout.old_logits[agents, index], normalised)
-        evaluation = PolicyEvaluation(values, log_prob, entropy, pseudo_entropy, kl)
+        old_features = None
+        if self.options.feature_drift_coef is not None:
+            assert rollout.old_features is not None, "feature_drift_coef needs the rollout's features"
+            old_features = rollout.old_features[agents, index]
+        evaluation = PolicyEvaluation(
+            values, log_prob, entropy, pseudo_entropy, kl, features if old_features is not None else None
+        )
         minibatch = Minibatch(
             rollout.advantages[agents, index],
             rollout.returns[agents, index],
             rollout.old_values[agents, index],
             rollout.old_log_prob[agents, index],
+            old_features,
         )
         return evaluation, minibatch
 
