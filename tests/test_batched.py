@@ -18,9 +18,11 @@ from sb3_ppo_variants.batched import (
     StackedActorCritic,
     StackedAdam,
     StackedRollout,
+    batched_settings,
     clip_grad_norms,
     generalized_advantages,
 )
+from sb3_ppo_variants.benchmark.algorithms import ALGORITHMS
 from sb3_ppo_variants.benchmark.tasks import SHARED_TRUNK
 
 th.set_num_threads(1)
@@ -219,7 +221,9 @@ def _sb3_rollout(model: VariantPPO) -> StackedRollout:
         return th.as_tensor(array.swapaxes(0, 1).reshape(-1, *array.shape[2:]))[None]
 
     old_logits = (
-        buffer.old_distribution if buffer.distribution_size else np.zeros((*buffer.values.shape, 2), np.float32)
+        buffer.old_distribution
+        if getattr(buffer, "distribution_size", 0)
+        else np.zeros((*buffer.values.shape, 2), np.float32)
     )
     return StackedRollout(
         flat(buffer.observations),
@@ -229,7 +233,7 @@ def _sb3_rollout(model: VariantPPO) -> StackedRollout:
         flat(buffer.advantages),
         flat(buffer.returns),
         flat(old_logits),
-        flat(buffer.old_features) if buffer.feature_size else None,
+        flat(buffer.old_features) if getattr(buffer, "feature_size", 0) else None,
     )
 
 
@@ -253,24 +257,33 @@ def _sb3_rollout(model: VariantPPO) -> StackedRollout:
 )
 @pytest.mark.parametrize("shared_trunk", [False, True], ids=["separate", "shared"])
 def test_one_update_gives_variant_ppos_parameters(options, shared_trunk):
-    kwargs = dict(n_steps=64, batch_size=16, n_epochs=4, learning_rate=3e-3)
     options = dict(options)
     policy_kwargs = dict(SHARED_TRUNK if shared_trunk else {}, **options.pop("policy_kwargs", {}))
-    model = VariantPPO("MlpPolicy", "CartPole-v1", seed=0, policy_kwargs=policy_kwargs, **kwargs, **options)
+    model = VariantPPO("MlpPolicy", "CartPole-v1", seed=0, policy_kwargs=policy_kwargs, **UPDATE, **options)
+    batched = _assert_one_update_matches(model)
+    if "kl_coef" in options:
+        assert batched.agent_options["kl_coef"].item() == pytest.approx(model.kl_coef)
+    if options.get("value_grad_rescaling") == "smoothed":
+        assert batched.pseudo_entropy_average.item() == pytest.approx(model._pseudo_entropy_average, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_arm_of_the_study_updates_as_its_sb3_class(name):
+    """SB3's PPO and every variant and configuration of the benchmark, on the study's shared trunk."""
+    model = ALGORITHMS[name].build("MlpPolicy", "CartPole-v1", seed=1, policy_kwargs=SHARED_TRUNK, **UPDATE)
+    _assert_one_update_matches(model)
+
+
+UPDATE = dict(n_steps=64, batch_size=16, n_epochs=4, learning_rate=3e-3)
+
+
+def _assert_one_update_matches(model) -> BatchedPPO:
+    """One train() of the SB3 model and one update of BatchedPPO from its parameters, rollout and minibatches."""
     model.set_logger(configure(folder=None, format_strings=[]))
     _, callback = model._setup_learn(64, callback=None)
     model.collect_rollouts(model.get_env(), callback, model.rollout_buffer, n_rollout_steps=64)
     rollout = _sb3_rollout(model)
-    batched = BatchedPPO(
-        [0],
-        network=StackedActorCritic.from_policies([model.policy]),
-        options=model._loss_options(0.2, model.clip_range_high, None, model.kl_trust_region),
-        adam_betas=model.policy.optimizer.defaults["betas"],
-        adam_eps=model.policy.optimizer.defaults["eps"],
-        target_kl=model.target_kl,
-        ratio_change_limit=model.ratio_change_limit,
-        **kwargs,
-    )
+    batched = BatchedPPO([0], network=StackedActorCritic.from_policies([model.policy]), **batched_settings(model))
     # SB3's minibatches: one NumPy permutation per epoch
     np.random.seed(11)  # noqa: NPY002
     permutations = [th.as_tensor(np.random.permutation(64))[None] for _ in range(4)]  # noqa: NPY002
@@ -282,11 +295,19 @@ def test_one_update_gives_variant_ppos_parameters(options, shared_trunk):
     trained = model.policy.state_dict()
     for name, actual in batched.network.agent_state_dict(0).items():
         th.testing.assert_close(actual, trained[name], rtol=1e-5, atol=1e-5, msg=name)
-    assert (model.policy.state_dict()["action_net.weight"] - initial["action_net.weight"]).abs().max() > 1e-4
-    if "kl_coef" in options:
-        assert batched.agent_options["kl_coef"].item() == pytest.approx(model.kl_coef)
-    if "value_grad_rescaling" in options and options["value_grad_rescaling"] == "smoothed":
-        assert batched.pseudo_entropy_average.item() == pytest.approx(model._pseudo_entropy_average, rel=1e-5)
+    assert (trained["action_net.weight"] - initial["action_net.weight"]).abs().max() > 1e-4
+    return batched
+
+
+def test_settings_refuse_what_the_batched_trainer_cannot_do():
+    from stable_baselines3.common.utils import LinearSchedule
+
+    with pytest.raises(ValueError, match="clip_range is a schedule"):
+        batched_settings(VariantPPO("MlpPolicy", "CartPole-v1", clip_range=LinearSchedule(0.2, 0.0, 1.0)))
+    with pytest.raises(ValueError, match="runs Adam"):
+        batched_settings(VariantPPO("MlpPolicy", "CartPole-v1", policy_kwargs=dict(optimizer_class=th.optim.SGD)))
+    settings = batched_settings(VariantPPO("MlpPolicy", "CartPole-v1", clip_range=LinearSchedule(0.3, 0.3, 1.0)))
+    assert settings["options"].clip_range == pytest.approx(0.3) and settings["adam_eps"] == 1e-5
 
 
 # --------------------------------------------------------------------------- agents are independent

@@ -3,7 +3,7 @@
 from sb3_ppo_variants.batched.network import StackedActorCritic
 from sb3_ppo_variants.batched.optim import StackedAdam, clip_grad_norms
 from sb3_ppo_variants.batched.rollout import CartPoleAgents, generalized_advantages
-from sb3_ppo_variants.batched.trainer import AGENT_OPTIONS, BatchedPPO, StackedRollout
+from sb3_ppo_variants.batched.trainer import AGENT_OPTIONS, BatchedPPO, StackedRollout, batched_settings
 
 __all__ = [
     "AGENT_OPTIONS",
@@ -12,6 +12,7 @@ __all__ = [
     "StackedActorCritic",
     "StackedAdam",
     "StackedRollout",
+    "batched_settings",
     "clip_grad_norms",
     "generalized_advantages",
 ]

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch as th
+from stable_baselines3 import PPO
 from torch.func import vmap
 
 from sb3_ppo_variants import objectives
@@ -25,7 +26,7 @@ from sb3_ppo_variants.batched.network import StackedActorCritic
 from sb3_ppo_variants.batched.optim import StackedAdam, clip_grad_norms
 from sb3_ppo_variants.batched.rollout import CartPoleAgents, generalized_advantages
 from sb3_ppo_variants.loss import LossOptions, Minibatch, PolicyEvaluation, variant_ppo_loss
-from sb3_ppo_variants.variant_ppo import KL_COEF_FLOOR
+from sb3_ppo_variants.variant_ppo import KL_COEF_FLOOR, VariantPPO
 
 AGENT_OPTIONS = (
     "clip_range",
@@ -56,6 +57,68 @@ class StackedRollout(NamedTuple):
     """The rollout policy's normalised logits, for the exact KL."""
     old_features: th.Tensor | None = None
     """PFO's ``φ_old(s)``, ``(S, N, width)``, recorded with ``feature_drift_coef``."""
+
+
+def _constant(name: str, value: Any) -> float:
+    """A constant schedule's value; BatchedPPO has no schedules yet."""
+    if callable(value):
+        start, end = float(value(1.0)), float(value(0.0))
+        if start != end:
+            raise ValueError(f"{name} is a schedule ({start} to {end}); BatchedPPO takes constant values only")
+        return start
+    return float(value)
+
+
+def batched_settings(model: PPO) -> dict[str, Any]:
+    """The ``BatchedPPO`` keyword arguments that train as this SB3 ``PPO`` or ``VariantPPO`` does (its options,
+    hyperparameters and optimiser), without ``seeds``: one call per arm of a study.
+
+    :raises ValueError: for what ``BatchedPPO`` cannot do yet: a schedule that changes, an optimiser other than
+        Adam, ESPO's stop after the violating step.
+    """
+    optimizer = model.policy.optimizer
+    if not isinstance(optimizer, th.optim.Adam):
+        raise ValueError(f"BatchedPPO runs Adam, the policy has {type(optimizer).__name__}")
+    if getattr(model, "ratio_change_stop", "before_step") != "before_step":
+        raise ValueError("BatchedPPO stops ESPO's epochs before the violating step only")
+    clip_range = _constant("clip_range", model.clip_range)
+    clip_range_vf = None if model.clip_range_vf is None else _constant("clip_range_vf", model.clip_range_vf)
+    settings: dict[str, Any] = dict(
+        learning_rate=_constant("learning_rate", model.learning_rate),
+        n_envs=model.n_envs,
+        n_steps=model.n_steps,
+        batch_size=model.batch_size,
+        n_epochs=model.n_epochs,
+        gamma=model.gamma,
+        gae_lambda=model.gae_lambda,
+        max_grad_norm=model.max_grad_norm,
+        target_kl=model.target_kl,
+        adam_betas=tuple(optimizer.defaults["betas"]),
+        adam_eps=optimizer.defaults["eps"],
+    )
+    if isinstance(model, VariantPPO):
+        clip_range_high = None
+        if model.clip_range_high is not None:
+            clip_range_high = _constant("clip_range_high", model.clip_range_high)
+        kl_trust_region = None
+        if model.kl_trust_region is not None:
+            kl_trust_region = _constant("kl_trust_region", model.kl_trust_region)
+        settings.update(
+            options=model._loss_options(clip_range, clip_range_high, clip_range_vf, kl_trust_region),
+            ratio_change_limit=model.ratio_change_limit,
+            kl_penalty_target=model.kl_penalty_target,
+            kl_adapt_factor=model.kl_adapt_factor,
+            kl_adapt_tolerance=model.kl_adapt_tolerance,
+        )
+    else:
+        settings["options"] = LossOptions(
+            clip_range=clip_range,
+            ent_coef=model.ent_coef,
+            vf_coef=model.vf_coef,
+            clip_range_vf=clip_range_vf,
+            normalize_advantage=model.normalize_advantage,
+        )
+    return settings
 
 
 def _in_dims(values: Any) -> Any:
