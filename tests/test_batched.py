@@ -304,6 +304,10 @@ def test_settings_refuse_what_the_batched_trainer_cannot_do():
 
     with pytest.raises(ValueError, match="clip_range is a schedule"):
         batched_settings(VariantPPO("MlpPolicy", "CartPole-v1", clip_range=LinearSchedule(0.2, 0.0, 1.0)))
+    model = VariantPPO("MlpPolicy", "CartPole-v1", kl_trust_region=0.01)
+    model.kl_trust_region = "lin_0.01"  # rl-zoo3's schedule string
+    with pytest.raises(ValueError, match=r"kl_trust_region is a schedule \('lin_0.01'\)"):
+        batched_settings(model)
     with pytest.raises(ValueError, match="runs Adam"):
         batched_settings(VariantPPO("MlpPolicy", "CartPole-v1", policy_kwargs=dict(optimizer_class=th.optim.SGD)))
     settings = batched_settings(VariantPPO("MlpPolicy", "CartPole-v1", clip_range=LinearSchedule(0.3, 0.3, 1.0)))

@@ -61,6 +61,8 @@ class StackedRollout(NamedTuple):
 
 def _constant(name: str, value: Any) -> float:
     """A constant schedule's value; BatchedPPO has no schedules yet."""
+    if isinstance(value, str):  # rl-zoo3's "lin_<initial>", decaying to 0
+        raise ValueError(f"{name} is a schedule ({value!r}); BatchedPPO takes constant values only")
     if callable(value):
         start, end = float(value(1.0)), float(value(0.0))
         if start != end:
