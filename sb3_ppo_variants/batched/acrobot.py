@@ -6,11 +6,12 @@ end is above the target height), written over arrays instead of one state; ``tes
 checks them step for step against ``AcrobotEnv``. Episodes are truncated after 500 steps, as ``Acrobot-v1``'s
 ``TimeLimit`` does.
 
-The vector API is gymnasium's ``CartPoleVectorEnv``'s: ``AutoresetMode.NEXT_STEP``, so the step after an
-episode ends resets that sub-environment and returns its first observation with reward 0. Unlike
-``CartPoleVectorEnv``, every sub-environment draws its initial states from its own generator, seeded as
-``gymnasium.make("Acrobot-v1").reset(seed=...)`` seeds one environment. A sub-environment's episodes therefore
-do not depend on which others share the vector, which is what lets many agents train in one batch.
+The vector conventions are those of the batched engine's ``CartPoleAgents`` and SB3's ``VecEnv``
+(``AutoresetMode.SAME_STEP``): a finished episode restarts within the same step, the returned observation is
+the new episode's first and the last one is in ``info["final_observation"]``. Every sub-environment draws its
+initial states from its own generator, seeded as ``gymnasium.make("Acrobot-v1").reset(seed=...)`` seeds one
+environment, so a sub-environment's episodes do not depend on which others share the vector; that is what
+lets many agents train in one batch.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class AcrobotVectorEnv(VectorEnv):
     :param max_episode_steps: steps before an episode is truncated (500 in Acrobot-v1)
     """
 
-    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}  # noqa: RUF012 (VectorEnv's attribute)
+    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.SAME_STEP}  # noqa: RUF012 (VectorEnv's attribute)
 
     def __init__(self, num_envs: int = 1, max_episode_steps: int = MAX_EPISODE_STEPS) -> None:
         if not isinstance(num_envs, int) or num_envs < 1:
@@ -108,7 +109,6 @@ class AcrobotVectorEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.state: np.ndarray | None = None  # (4, num_envs), float64
         self.steps = np.zeros(num_envs, dtype=np.int64)
-        self.prev_done = np.zeros(num_envs, dtype=np.bool_)
         self.generators = [seeding.np_random(None)[0] for _ in range(num_envs)]
 
     def _initial_states(self, indices: np.ndarray) -> np.ndarray:
@@ -129,7 +129,6 @@ class AcrobotVectorEnv(VectorEnv):
             self.generators = [seeding.np_random(int(s))[0] for s in seeds]
         self.state = self._initial_states(np.arange(self.num_envs))
         self.steps[:] = 0
-        self.prev_done[:] = False
         return observation(self.state), {}
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
@@ -148,14 +147,11 @@ class AcrobotVectorEnv(VectorEnv):
         self.steps += 1
         truncated = self.steps >= self.max_episode_steps
 
-        # AutoresetMode.NEXT_STEP: the sub-environments that ended on the previous step start a new episode now
-        ended = np.flatnonzero(self.prev_done)
+        final_observation = observation(state)
+        # AutoresetMode.SAME_STEP: the sub-environments whose episode ended start the next one now
+        ended = np.flatnonzero(terminated | truncated)
         if ended.size:
             state[:, ended] = self._initial_states(ended)
             self.steps[ended] = 0
-            reward[ended] = 0.0
-            terminated[ended] = False
-            truncated[ended] = False
         self.state = state
-        self.prev_done = terminated | truncated
-        return observation(state), reward, terminated, truncated, {}
+        return observation(state), reward, terminated, truncated, {"final_observation": final_observation}
