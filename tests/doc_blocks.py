@@ -132,8 +132,7 @@ def _shrink_benchmark(args: list[str]) -> list[str]:
             options = _first(options, (name,))
         options = _first(options, ("--algorithms",), "variant")
         options = _set(options, ("--repeats",), "1")
-        options = _set(options, ("--fps-repeats",), "1")
-        options = _set(options, ("--fps-timesteps",), "256")
+        options = _set(options, ("--fps-repeats",), "0")  # the learn() timing: tests/test_benchmark.py
     elif command in ("report", "study"):
         options = _set(options, ("--bootstrap-reps",), "50")
     return [command, *options]

@@ -20,7 +20,8 @@ How the blocks run; a new block in the docs follows these conventions or is list
     ``--tasks``, ``--algorithms`` (``ppo`` when not given), ``--seeds`` and ``--lr-scales``, and ``--workers 1``
     unless the command chooses its workers or a Ray cluster;
   - ``sb3_ppo_variants.benchmark cost``: the first ``--setting``, ``--threads`` and ``--algorithms``
-    (``variant`` when not given), ``--repeats 1 --fps-repeats 1 --fps-timesteps 256``;
+    (``variant`` when not given), ``--repeats 1 --fps-repeats 0`` (``learn()``'s timing runs in
+    tests/test_benchmark.py);
   - ``sb3_ppo_variants.benchmark report`` and ``study``: ``--bootstrap-reps 50``;
   - ``sb3_ppo_variants.zoo.evaluate``: ``-n BUDGET``, the first of the ``--seeds``, ``--episodes 2``;
   - ``sb3_ppo_variants.collapse collect-probe``: ``-n 64``.
@@ -216,6 +217,10 @@ def test_the_shrinking_rules():
     )
     assert shrink("python -m rl_zoo3.train --eval-freq -1 -n 10000 --seed 0") == (
         f"python -m rl_zoo3.train --eval-freq -1 -n {BUDGET} --seed 0"
+    )
+    assert shrink("python -m sb3_ppo_variants.benchmark cost --setting mlp cnn --threads 1 2 --repeats 9 5") == (
+        "python -m sb3_ppo_variants.benchmark cost --setting mlp --threads 1 --repeats 1 --algorithms variant "
+        "--fps-repeats 0"
     )
     untouched = 'python -c "import numpy as np; print(np.pi)"'
     assert shrink(untouched) == untouched
