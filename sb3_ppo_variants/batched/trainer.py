@@ -13,6 +13,7 @@ which it failed); the others go on.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
@@ -238,9 +239,13 @@ class BatchedPPO:
         self.num_timesteps = 0
         self.episode_returns: list[list[float]] = [[] for _ in range(n_agents)]
         self.evaluations: list[list[dict[str, Any]]] = [[] for _ in range(n_agents)]
-        """Per agent, the SB3 runner's records: ``step``, ``eval_return``, ``eval_returns``, ``train_return``."""
+        """Per agent, the SB3 runner's records: ``step``, ``train_seconds`` (the batch's), ``eval_return``,
+        ``eval_returns``, ``train_return``."""
         self._eval_every: int | None = None
         self._next_eval = 0
+        self._learn_start = time.perf_counter()
+        self.eval_seconds = 0.0
+        """Wall-clock seconds ``learn`` spent evaluating, kept apart from training as the SB3 runner does."""
         self._running_returns = np.zeros(n_agents * n_envs)
         self._last_obs: th.Tensor | None = None
         self._last_episode_starts = th.ones(n_agents, n_envs)
@@ -493,12 +498,14 @@ class BatchedPPO:
         return result
 
     def _record_evaluation(self) -> None:
+        start = time.perf_counter()
         returns = self.evaluate()
         for agent, agent_returns in enumerate(returns.tolist()):
             recent = self.episode_returns[agent][-TRAIN_RETURN_WINDOW:]
             self.evaluations[agent].append(
                 {
                     "step": self.num_timesteps,
+                    "train_seconds": round(start - self._learn_start - self.eval_seconds, 3),
                     "eval_return": float(np.mean(agent_returns)),
                     "eval_returns": [round(value, 2) for value in agent_returns],
                     "train_return": float(np.mean(recent)) if recent else None,
@@ -506,6 +513,7 @@ class BatchedPPO:
             )
         if self._eval_every is not None:
             self._next_eval += self._eval_every
+        self.eval_seconds += time.perf_counter() - start
 
     def learn(self, total_timesteps: int, eval_every: int | None = None) -> BatchedPPO:
         """Rollouts and updates until every agent has taken ``total_timesteps`` environment steps.
@@ -516,6 +524,7 @@ class BatchedPPO:
             ``None``: no evaluation.
         """
         self._eval_every = eval_every
+        self._learn_start, self.eval_seconds = time.perf_counter(), 0.0
         if eval_every is not None:
             self._next_eval = self.num_timesteps
             self._record_evaluation()
