@@ -117,14 +117,14 @@ def test_arms_that_cannot_run_batched_are_refused_with_their_reason_before_any_r
         ("test/relu", "espo_after"),
     }
     assert not batched_arms([TASK], ["ppo"])[TASK, "ppo"].shared_trunk
-    assert batched_arms(["pilot/CartPole-v1-shared"], ["pfo"])["pilot/CartPole-v1-shared", "pfo"].shared_trunk
+    assert batched_arms(["pilot/Acrobot-v1-shared"], ["pfo"])["pilot/Acrobot-v1-shared", "pfo"].shared_trunk
     assert "ESPO" in reasons["CartPole-v1", "espo_after"]
-    assert "no vectorised Acrobot-v1" in reasons["Acrobot-v1", "ppo"]
+    assert "VecNormalize" in reasons["Acrobot-v1", "ppo"]
     assert "64-64" in reasons["test/narrow", "ppo"] and "ReLU" in reasons["test/relu", "ppo"]
 
     # the command names each refused arm and runs nothing, not even the arms that could run
     command = ["learn", "--engine", "batched", "--tasks", "CartPole-v1", "Acrobot-v1", "--algorithms", "ppo"]
-    with pytest.raises(SystemExit, match=r"ppo on Acrobot-v1: no vectorised Acrobot-v1") as exit_:
+    with pytest.raises(SystemExit, match=r"ppo on Acrobot-v1: the task normalises observations") as exit_:
         main([*command, "--timesteps", "256", "--seeds", "0", "--runs", str(tmp_path)])
     assert "ppo on CartPole-v1" not in str(exit_.value)
     assert not list(tmp_path.rglob("*.json"))

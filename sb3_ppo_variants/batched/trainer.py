@@ -1,4 +1,4 @@
-"""``BatchedPPO``: ``S`` independent PPO agents on CartPole, trained in lock-step in one process.
+"""``BatchedPPO``: ``S`` independent PPO agents on CartPole or Acrobot, trained in lock-step in one process.
 
 Every agent is SB3's ``PPO`` (``MlpPolicy`` with a separate actor and critic) with ``VariantPPO``'s options:
 its loss is ``loss.variant_ppo_loss``, mapped over the agents with ``torch.func.vmap``. The agents share
@@ -25,7 +25,7 @@ from torch.func import vmap
 from sb3_ppo_variants import objectives
 from sb3_ppo_variants.batched.network import StackedActorCritic
 from sb3_ppo_variants.batched.optim import StackedAdam, clip_grad_norms
-from sb3_ppo_variants.batched.rollout import CartPoleAgents, generalized_advantages
+from sb3_ppo_variants.batched.rollout import agents_environment, generalized_advantages
 from sb3_ppo_variants.loss import LossOptions, Minibatch, PolicyEvaluation, variant_ppo_loss
 from sb3_ppo_variants.variant_ppo import KL_COEF_FLOOR, VariantPPO
 
@@ -139,7 +139,7 @@ def categorical_outputs(logits: th.Tensor, actions: th.Tensor) -> tuple[th.Tenso
 
 
 class BatchedPPO:
-    """``S`` PPO agents on ``CartPole-v1`` in lock-step, each with ``VariantPPO``'s loss and options.
+    """``S`` PPO agents on ``CartPole-v1`` or ``Acrobot-v1`` in lock-step, each with ``VariantPPO``'s loss and options.
 
     :param seeds: one seed per agent: its initial parameters, actions, minibatches and environments.
     :param learning_rate: Adam's learning rate, one for all or one per agent.
@@ -159,7 +159,8 @@ class BatchedPPO:
     :param agent_options: per-agent values of the options in ``AGENT_OPTIONS``, by name, one per agent.
     :param shared_trunk: the actor and the critic share ``policies.MlpTrunk`` (64-64) with linear heads, as the
         collapse study's ``-shared`` tasks; ``False``: SB3's ``MlpPolicy``, a separate 64-64 actor and critic
-    :param max_episode_steps: truncation of the episodes (``CartPole-v1``: 500)
+    :param max_episode_steps: truncation of the episodes (``CartPole-v1`` and ``Acrobot-v1``: 500)
+    :param env_id: the environment, one of ``rollout.AGENT_ENVIRONMENTS``
     :param adam_betas: Adam's ``(β1, β2)``, SB3's by default
     :param adam_eps: Adam's ``ε``, SB3's PPO's by default (SB3 keeps torch's 1e-8 when ``optimizer_kwargs`` are given)
     :param network: initial networks; ``None`` draws them with SB3's orthogonal initialisation.
@@ -185,6 +186,7 @@ class BatchedPPO:
         agent_options: Mapping[str, Sequence[float]] | None = None,
         shared_trunk: bool = False,
         max_episode_steps: int = 500,
+        env_id: str = "CartPole-v1",
         adam_betas: tuple[float, float] = (0.9, 0.999),
         adam_eps: float = 1e-5,
         network: StackedActorCritic | None = None,
@@ -217,8 +219,9 @@ class BatchedPPO:
         self.generators = [th.Generator().manual_seed(seed) for seed in self.seeds]
         self.max_episode_steps = max_episode_steps
         # environment i of an agent seeded with seed + i, as SB3's make_vec_env seeds the SB3 runner's
-        self.env = CartPoleAgents(
-            [seed + index for seed in self.seeds for index in range(n_envs)], max_episode_steps=max_episode_steps
+        self.env_id = env_id
+        self.env = agents_environment(
+            env_id, [seed + index for seed in self.seeds for index in range(n_envs)], max_episode_steps
         )
         observation_shape = self.env.single_observation_space.shape
         assert observation_shape is not None
@@ -480,9 +483,10 @@ class BatchedPPO:
 
         n_episodes = N_EVAL_EPISODES if n_episodes is None else n_episodes
         seed_offset = EVAL_SEED_OFFSET if seed_offset is None else seed_offset
-        env = CartPoleAgents(
+        env = agents_environment(
+            self.env_id,
             [seed_offset + seed + index for seed in self.seeds for index in range(n_episodes)],
-            max_episode_steps=self.max_episode_steps,
+            self.max_episode_steps,
         )
         observations, _ = env.reset()
         returns = np.zeros(env.num_envs)

@@ -21,14 +21,12 @@ import torch as th
 from stable_baselines3 import PPO
 from torch import nn
 
-from sb3_ppo_variants.batched import BatchedPPO, StackedActorCritic, batched_settings
+from sb3_ppo_variants.batched import AGENT_ENVIRONMENTS, BatchedPPO, StackedActorCritic, batched_settings
 from sb3_ppo_variants.benchmark.algorithms import ALGORITHMS
 from sb3_ppo_variants.benchmark.progress import GridProgress
 from sb3_ppo_variants.benchmark.runs import Run, grid, make_training_env, write_run
 from sb3_ppo_variants.benchmark.tasks import TASKS, Task
 
-BATCHED_ENVIRONMENTS = ("CartPole-v1",)
-"""The gymnasium ids that ``BatchedPPO`` has a vectorised environment for."""
 _STACKABLE_MODULES = (nn.Linear, nn.Flatten, nn.Identity, nn.Tanh)
 """The leaf modules of the networks ``StackedActorCritic`` reproduces."""
 
@@ -53,8 +51,8 @@ class BatchedArm:
 
 
 def _environment_refusal(task: Task) -> str | None:
-    if task.env_id not in BATCHED_ENVIRONMENTS:
-        return f"no vectorised {task.env_id} in the batched engine (it has {', '.join(BATCHED_ENVIRONMENTS)})"
+    if task.env_id not in AGENT_ENVIRONMENTS:
+        return f"no vectorised {task.env_id} in the batched engine (it has {', '.join(AGENT_ENVIRONMENTS)})"
     if task.normalize:
         return "the task normalises observations (VecNormalize), which the batched engine does not"
     if task.env_kwargs:
@@ -149,7 +147,7 @@ def train_group(arm: BatchedArm, runs: list[Run], timesteps: int | None = None) 
     settings = dict(arm.settings)
     settings["learning_rate"] = [task.hyperparameters["learning_rate"] * run.learning_rate_scale for run in runs]
     start = time.perf_counter()
-    trainer = BatchedPPO([run.seed for run in runs], shared_trunk=arm.shared_trunk, **settings)
+    trainer = BatchedPPO([run.seed for run in runs], shared_trunk=arm.shared_trunk, env_id=task.env_id, **settings)
     trainer.learn(timesteps or task.timesteps, eval_every=task.eval_every)
     return trainer, time.perf_counter() - start
 
