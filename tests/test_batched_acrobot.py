@@ -89,3 +89,38 @@ def test_bad_input(kwargs, actions, pattern):
         env = AcrobotVectorEnv(**kwargs)
         env.reset(seed=0)
         env.step(actions)
+
+
+# --------------------------------------------------------------------------- BatchedPPO on Acrobot-v1
+
+
+def test_acrobot_agents_start_as_acrobot_v1_reset_with_their_seeds():
+    from sb3_ppo_variants.batched import agents_environment
+
+    observations, _ = agents_environment("Acrobot-v1", [3, 4]).reset()
+    for index, seed in enumerate((3, 4)):
+        np.testing.assert_array_equal(observations[index], gym.make("Acrobot-v1").reset(seed=seed)[0])
+    with pytest.raises(ValueError, match="no vectorised MountainCar-v0"):
+        agents_environment("MountainCar-v0", [0])
+
+
+def test_an_acrobot_agent_trains_the_same_alone_and_in_a_batch_and_is_evaluated_as_the_sb3_runner():
+    import torch as th
+
+    from sb3_ppo_variants import VariantPPO
+    from sb3_ppo_variants.batched import BatchedPPO, StackedActorCritic
+    from sb3_ppo_variants.benchmark.runs import evaluate
+    from sb3_ppo_variants.benchmark.tasks import TASKS
+
+    th.set_num_threads(1)
+    small = dict(env_id="Acrobot-v1", n_steps=64, batch_size=32, n_epochs=2, learning_rate=3e-3)
+    batch = BatchedPPO([0, 1, 2], **small).learn(2 * 64)
+    alone = BatchedPPO([1], **small).learn(2 * 64)
+    for name, expected in alone.network.agent_state_dict(0).items():
+        th.testing.assert_close(batch.network.agent_state_dict(1)[name], expected, rtol=1e-5, atol=1e-5, msg=name)
+    initial = BatchedPPO([1], **small).network.agent_state_dict(0)["action_net.weight"]
+    assert (alone.network.agent_state_dict(0)["action_net.weight"] - initial).abs().max() > 1e-4
+
+    model = VariantPPO("MlpPolicy", "Acrobot-v1", seed=5)
+    trainer = BatchedPPO([5], env_id="Acrobot-v1", network=StackedActorCritic.from_policies([model.policy]))
+    assert trainer.evaluate()[0].tolist() == evaluate(model, TASKS["pilot/Acrobot-v1-separate"], 5)

@@ -155,3 +155,17 @@ class AcrobotVectorEnv(VectorEnv):
             self.steps[ended] = 0
         self.state = state
         return observation(state), reward, terminated, truncated, {"final_observation": final_observation}
+
+
+class AcrobotAgents(AcrobotVectorEnv):
+    """``AcrobotVectorEnv`` for many agents, as ``CartPoleAgents``: one seed per sub-environment, given when it
+    is built, so that its first ``reset()`` starts the episodes that ``gymnasium.make("Acrobot-v1")`` starts
+    after ``reset(seed=seed)``.
+
+    :param seeds: one seed per sub-environment.
+    :param max_episode_steps: steps before an episode is truncated (500 in Acrobot-v1)
+    """
+
+    def __init__(self, seeds: Sequence[int], max_episode_steps: int = MAX_EPISODE_STEPS) -> None:
+        super().__init__(num_envs=len(seeds), max_episode_steps=max_episode_steps)
+        self.generators = [seeding.np_random(int(seed))[0] for seed in seeds]

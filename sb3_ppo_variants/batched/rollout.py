@@ -8,6 +8,9 @@ from typing import Any
 import numpy as np
 import torch as th
 from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
+from gymnasium.vector import VectorEnv
+
+from sb3_ppo_variants.batched.acrobot import AcrobotAgents
 
 
 class CartPoleAgents(CartPoleVectorEnv):
@@ -55,6 +58,25 @@ class CartPoleAgents(CartPoleVectorEnv):
             truncated,
             {"final_observation": observations},
         )  # type: ignore[union-attr]
+
+
+def agents_environment(env_id: str, seeds: Sequence[int], max_episode_steps: int = 500) -> VectorEnv:
+    """The vectorised environment of ``env_id`` with one sub-environment per seed, in SB3's ``VecEnv``
+    conventions: ``CartPoleAgents`` or ``acrobot.AcrobotAgents``.
+
+    :raises ValueError: for an id without a vectorised environment here (``AGENT_ENVIRONMENTS``).
+    """
+    environments: dict[str, type[CartPoleAgents] | type[AcrobotAgents]] = {
+        "CartPole-v1": CartPoleAgents,
+        "Acrobot-v1": AcrobotAgents,
+    }
+    if env_id not in environments:
+        raise ValueError(f"no vectorised {env_id} for the batched engine; it has {', '.join(AGENT_ENVIRONMENTS)}")
+    return environments[env_id](seeds, max_episode_steps=max_episode_steps)
+
+
+AGENT_ENVIRONMENTS = ("CartPole-v1", "Acrobot-v1")
+"""The gymnasium ids ``agents_environment`` builds."""
 
 
 def generalized_advantages(

@@ -1,4 +1,4 @@
-"""``BatchedPPO``: ``S`` independent PPO agents on CartPole, trained in lock-step in one process.
+"""``BatchedPPO``: ``S`` independent PPO agents on CartPole or Acrobot, trained in lock-step in one process.
 
 Every agent is SB3's ``PPO`` (``MlpPolicy`` with a separate actor and critic) with ``VariantPPO``'s options:
 its loss is ``loss.variant_ppo_loss``, mapped over the agents with ``torch.func.vmap``. The agents share
@@ -13,6 +13,7 @@ which it failed); the others go on.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
@@ -24,7 +25,7 @@ from torch.func import vmap
 from sb3_ppo_variants import objectives
 from sb3_ppo_variants.batched.network import StackedActorCritic
 from sb3_ppo_variants.batched.optim import StackedAdam, clip_grad_norms
-from sb3_ppo_variants.batched.rollout import CartPoleAgents, generalized_advantages
+from sb3_ppo_variants.batched.rollout import agents_environment, generalized_advantages
 from sb3_ppo_variants.loss import LossOptions, Minibatch, PolicyEvaluation, variant_ppo_loss
 from sb3_ppo_variants.variant_ppo import KL_COEF_FLOOR, VariantPPO
 
@@ -138,7 +139,7 @@ def categorical_outputs(logits: th.Tensor, actions: th.Tensor) -> tuple[th.Tenso
 
 
 class BatchedPPO:
-    """``S`` PPO agents on ``CartPole-v1`` in lock-step, each with ``VariantPPO``'s loss and options.
+    """``S`` PPO agents on ``CartPole-v1`` or ``Acrobot-v1`` in lock-step, each with ``VariantPPO``'s loss and options.
 
     :param seeds: one seed per agent: its initial parameters, actions, minibatches and environments.
     :param learning_rate: Adam's learning rate, one for all or one per agent.
@@ -158,7 +159,8 @@ class BatchedPPO:
     :param agent_options: per-agent values of the options in ``AGENT_OPTIONS``, by name, one per agent.
     :param shared_trunk: the actor and the critic share ``policies.MlpTrunk`` (64-64) with linear heads, as the
         collapse study's ``-shared`` tasks; ``False``: SB3's ``MlpPolicy``, a separate 64-64 actor and critic
-    :param max_episode_steps: truncation of the episodes (``CartPole-v1``: 500)
+    :param max_episode_steps: truncation of the episodes (``CartPole-v1`` and ``Acrobot-v1``: 500)
+    :param env_id: the environment, one of ``rollout.AGENT_ENVIRONMENTS``
     :param adam_betas: Adam's ``(β1, β2)``, SB3's by default
     :param adam_eps: Adam's ``ε``, SB3's PPO's by default (SB3 keeps torch's 1e-8 when ``optimizer_kwargs`` are given)
     :param network: initial networks; ``None`` draws them with SB3's orthogonal initialisation.
@@ -184,6 +186,7 @@ class BatchedPPO:
         agent_options: Mapping[str, Sequence[float]] | None = None,
         shared_trunk: bool = False,
         max_episode_steps: int = 500,
+        env_id: str = "CartPole-v1",
         adam_betas: tuple[float, float] = (0.9, 0.999),
         adam_eps: float = 1e-5,
         network: StackedActorCritic | None = None,
@@ -216,8 +219,9 @@ class BatchedPPO:
         self.generators = [th.Generator().manual_seed(seed) for seed in self.seeds]
         self.max_episode_steps = max_episode_steps
         # environment i of an agent seeded with seed + i, as SB3's make_vec_env seeds the SB3 runner's
-        self.env = CartPoleAgents(
-            [seed + index for seed in self.seeds for index in range(n_envs)], max_episode_steps=max_episode_steps
+        self.env_id = env_id
+        self.env = agents_environment(
+            env_id, [seed + index for seed in self.seeds for index in range(n_envs)], max_episode_steps
         )
         observation_shape = self.env.single_observation_space.shape
         assert observation_shape is not None
@@ -238,9 +242,13 @@ class BatchedPPO:
         self.num_timesteps = 0
         self.episode_returns: list[list[float]] = [[] for _ in range(n_agents)]
         self.evaluations: list[list[dict[str, Any]]] = [[] for _ in range(n_agents)]
-        """Per agent, the SB3 runner's records: ``step``, ``eval_return``, ``eval_returns``, ``train_return``."""
+        """Per agent, the SB3 runner's records: ``step``, ``train_seconds`` (the batch's), ``eval_return``,
+        ``eval_returns``, ``train_return``."""
         self._eval_every: int | None = None
         self._next_eval = 0
+        self._learn_start = time.perf_counter()
+        self.eval_seconds = 0.0
+        """Wall-clock seconds ``learn`` spent evaluating, kept apart from training as the SB3 runner does."""
         self._running_returns = np.zeros(n_agents * n_envs)
         self._last_obs: th.Tensor | None = None
         self._last_episode_starts = th.ones(n_agents, n_envs)
@@ -475,9 +483,10 @@ class BatchedPPO:
 
         n_episodes = N_EVAL_EPISODES if n_episodes is None else n_episodes
         seed_offset = EVAL_SEED_OFFSET if seed_offset is None else seed_offset
-        env = CartPoleAgents(
+        env = agents_environment(
+            self.env_id,
             [seed_offset + seed + index for seed in self.seeds for index in range(n_episodes)],
-            max_episode_steps=self.max_episode_steps,
+            self.max_episode_steps,
         )
         observations, _ = env.reset()
         returns = np.zeros(env.num_envs)
@@ -493,12 +502,14 @@ class BatchedPPO:
         return result
 
     def _record_evaluation(self) -> None:
+        start = time.perf_counter()
         returns = self.evaluate()
         for agent, agent_returns in enumerate(returns.tolist()):
             recent = self.episode_returns[agent][-TRAIN_RETURN_WINDOW:]
             self.evaluations[agent].append(
                 {
                     "step": self.num_timesteps,
+                    "train_seconds": round(start - self._learn_start - self.eval_seconds, 3),
                     "eval_return": float(np.mean(agent_returns)),
                     "eval_returns": [round(value, 2) for value in agent_returns],
                     "train_return": float(np.mean(recent)) if recent else None,
@@ -506,6 +517,7 @@ class BatchedPPO:
             )
         if self._eval_every is not None:
             self._next_eval += self._eval_every
+        self.eval_seconds += time.perf_counter() - start
 
     def learn(self, total_timesteps: int, eval_every: int | None = None) -> BatchedPPO:
         """Rollouts and updates until every agent has taken ``total_timesteps`` environment steps.
@@ -516,6 +528,7 @@ class BatchedPPO:
             ``None``: no evaluation.
         """
         self._eval_every = eval_every
+        self._learn_start, self.eval_seconds = time.perf_counter(), 0.0
         if eval_every is not None:
             self._next_eval = self.num_timesteps
             self._record_evaluation()

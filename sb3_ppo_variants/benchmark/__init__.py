@@ -6,6 +6,7 @@ gives the commands behind every published number. Modules:
 - ``algorithms``: the compared algorithms by short name;
 - ``tasks``: environments, shared hyperparameters, budgets and reference scores;
 - ``runs``: one seeded training run with periodic greedy evaluation, saved as JSON, and the grid of them;
+- ``batched_runs``: the same grid trained by the batched engine, ``BatchedPPO`` (``--engine batched``);
 - ``executors``: where a grid's runs execute (this process, local worker processes, Ray tasks);
 - ``progress``: done, running, failed and to do over a grid, with the time left;
 - ``cost``: paired ``train()`` and ``learn()`` timings against PPO;

@@ -8,8 +8,9 @@
   (the definition in ``collapse_study.py`` and ``docs/benchmarks.md``).
 
 Runs already on disk are skipped, so ``learn`` and ``collapse`` resume after an interruption. They run
-``--workers`` runs at once in local processes, or every run as a task on a Ray cluster (``--ray-address``);
-the command exits with status 1 when a run failed, after the others finished.
+``--workers`` runs at once in local processes, or every run as a task on a Ray cluster (``--ray-address``),
+or, with ``--engine batched``, all seeds and learning-rate scales of an algorithm on a task as one
+``BatchedPPO`` (``batched_runs``); the command exits with status 1 when a run failed, after the others finished.
 """
 
 from __future__ import annotations
@@ -59,6 +60,13 @@ def _add_run_arguments(parser: argparse.ArgumentParser, default_tasks: list[str]
         "--ray-max-retries", type=int, default=3, help="Ray's retries of a run whose worker or node died"
     )
     parser.add_argument("--progress", action="store_true", help="show a progress bar over the grid (on stderr)")
+    parser.add_argument(
+        "--engine",
+        choices=["sb3", "batched"],
+        default="sb3",
+        help="sb3: one SB3 model per run; batched: every seed and learning-rate scale of an algorithm on a task "
+        "trained together by BatchedPPO, in this process (ignores --workers)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,21 +119,35 @@ def main(argv: list[str] | None = None) -> int:
 
         th.set_num_threads(args.threads)
         default_tasks = list(TASKS) if args.command == "learn" else ["CartPole-v1"]
+        tasks = _parse_tasks(args.tasks, default_tasks)
+        algorithms = parse_algorithms(args.algorithms, LEARNING_ALGORITHMS)
         try:
-            failures = run_grid(
-                args.runs,
-                _parse_tasks(args.tasks, default_tasks),
-                parse_algorithms(args.algorithms, LEARNING_ALGORITHMS),
-                args.seeds,
-                args.lr_scales,
-                args.timesteps,
-                threads=args.threads,
-                workers=args.workers or max(1, available_cores() // args.threads),
-                ray_address=args.ray_address,
-                ray_max_retries=args.ray_max_retries,
-                progress_bar=args.progress,
-            )
-        except KeyboardInterrupt:  # run_grid said what was done and how to resume
+            if args.engine == "batched":
+                from sb3_ppo_variants.benchmark.batched_runs import RefusedArms, run_batched_grid
+
+                if args.ray_address is not None:
+                    raise SystemExit("--ray-address runs the sb3 engine; --engine batched runs in this process")
+                try:
+                    failures = run_batched_grid(
+                        args.runs, tasks, algorithms, args.seeds, args.lr_scales, args.timesteps, args.progress
+                    )
+                except RefusedArms as error:
+                    raise SystemExit(str(error)) from None
+            else:
+                failures = run_grid(
+                    args.runs,
+                    tasks,
+                    algorithms,
+                    args.seeds,
+                    args.lr_scales,
+                    args.timesteps,
+                    threads=args.threads,
+                    workers=args.workers or max(1, available_cores() // args.threads),
+                    ray_address=args.ray_address,
+                    ray_max_retries=args.ray_max_retries,
+                    progress_bar=args.progress,
+                )
+        except KeyboardInterrupt:  # the grid said what was done and how to resume
             return 130
         if failures:
             return 1

@@ -159,6 +159,7 @@ def train_and_evaluate(
         "train_seconds": round(wall_seconds - evaluation.eval_seconds, 3),
         "torch_threads": th.get_num_threads(),
         "evaluations": evaluation.records,
+        "engine": "sb3",
     }
 
 

@@ -1,0 +1,229 @@
+"""The batched engine of ``learn`` and ``collapse`` (``--engine batched``): a grid's runs trained by ``BatchedPPO``.
+
+Every (task, algorithm) of the grid is one group, trained in one ``BatchedPPO`` whose agents are the seeds and
+learning-rate scales still to do (per-agent learning rates); algorithms whose options change the loss's code
+path are different groups, run one after the other in the same command. Each arm is read from the SB3 model the
+SB3 engine would train (``batched_settings``), and an arm the engine cannot train as that model is refused,
+with its reason, before any run starts. Each run's file is ``runs.run_path``'s, in the SB3 engine's format with
+``engine`` and the training episodes' returns added, written as soon as its group has finished; a group
+interrupted half-way loses only its own runs, which the same command then redoes.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch as th
+from stable_baselines3 import PPO
+from torch import nn
+
+from sb3_ppo_variants.batched import AGENT_ENVIRONMENTS, BatchedPPO, StackedActorCritic, batched_settings
+from sb3_ppo_variants.benchmark.algorithms import ALGORITHMS
+from sb3_ppo_variants.benchmark.progress import GridProgress
+from sb3_ppo_variants.benchmark.runs import Run, grid, make_training_env, write_run
+from sb3_ppo_variants.benchmark.tasks import TASKS, Task
+
+_STACKABLE_MODULES = (nn.Linear, nn.Flatten, nn.Identity, nn.Tanh)
+"""The leaf modules of the networks ``StackedActorCritic`` reproduces."""
+
+
+class RefusedArms(ValueError):
+    """Arms that the batched engine cannot train as the SB3 engine would, each with its reason."""
+
+    def __init__(self, reasons: dict[tuple[str, str], str]) -> None:
+        self.reasons = reasons
+        lines = [f"  {algorithm} on {task}: {reason}" for (task, algorithm), reason in reasons.items()]
+        super().__init__("--engine batched cannot run these arms (no run started):\n" + "\n".join(lines))
+
+
+@dataclass(frozen=True)
+class BatchedArm:
+    """One group: ``BatchedPPO``'s arguments for an algorithm on a task, its learning rate apart."""
+
+    task: str
+    algorithm: str
+    settings: dict[str, Any]
+    shared_trunk: bool
+
+
+def _environment_refusal(task: Task) -> str | None:
+    if task.env_id not in AGENT_ENVIRONMENTS:
+        return f"no vectorised {task.env_id} in the batched engine (it has {', '.join(AGENT_ENVIRONMENTS)})"
+    if task.normalize:
+        return "the task normalises observations (VecNormalize), which the batched engine does not"
+    if task.env_kwargs:
+        return f"the task's environment arguments {task.env_kwargs} are not the batched engine's"
+    if task.linear_learning_rate:
+        return "the task's learning rate is a schedule; the batched engine takes a constant one"
+    return None
+
+
+def _network_refusal(model: Any) -> tuple[str | None, bool]:
+    """Why ``StackedActorCritic`` cannot be this model's network (or ``None``), and whether its trunk is shared."""
+    policy = model.policy
+    others = sorted(
+        {
+            type(module).__name__
+            for module in policy.modules()
+            if not list(module.children()) and not isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict))
+        }
+        - {module.__name__ for module in _STACKABLE_MODULES}
+    )
+    if others:
+        return f"the network has {', '.join(others)} layers; the batched engine stacks tanh MLPs only", False
+    if not getattr(policy, "ortho_init", False):
+        return "the policy is not initialised orthogonally (ortho_init=False)", False
+    try:
+        reference = StackedActorCritic.from_policies([policy])
+    except ValueError as error:
+        return str(error), False
+    shared_trunk = bool(reference.trunk_layers)
+    stacked = StackedActorCritic.initialise(
+        int(th.Size(model.observation_space.shape).numel()),
+        int(model.action_space.n),
+        [th.Generator()],
+        shared_trunk=shared_trunk,
+    )
+    shapes = {name: tuple(tensor.shape[1:]) for name, tensor in reference.parameters.items()}
+    expected = {name: tuple(tensor.shape[1:]) for name, tensor in stacked.parameters.items()}
+    if shapes != expected:
+        return (
+            "the network is neither SB3's 64-64 MlpPolicy nor a shared 64-64 MlpTrunk, the shapes the batched "
+            "engine stacks",
+            shared_trunk,
+        )
+    return None, shared_trunk
+
+
+def batched_arms(tasks: list[str], algorithms: list[str]) -> dict[tuple[str, str], BatchedArm]:
+    """Every (task, algorithm) as a ``BatchedArm``, read from the SB3 model the SB3 engine would build.
+
+    :raises RefusedArms: naming every arm the batched engine cannot train, and why.
+    """
+    arms: dict[tuple[str, str], BatchedArm] = {}
+    refused: dict[tuple[str, str], str] = {}
+    for task_name in tasks:
+        task = TASKS[task_name]
+        for algorithm in algorithms:
+            key = (task_name, algorithm)
+            reason = _environment_refusal(task)
+            if reason is not None:
+                refused[key] = reason
+                continue
+            env = make_training_env(task, seed=0)
+            try:
+                model = ALGORITHMS[algorithm].build(
+                    task.policy, env, seed=0, device="cpu", **task.algorithm_hyperparameters()
+                )
+                if not isinstance(model, PPO):
+                    raise ValueError(f"{type(model).__name__} is not SB3's PPO, whose update the batched engine runs")
+                settings = batched_settings(model)
+            except (ValueError, TypeError) as error:  # an option the action space refuses, or BatchedPPO lacks
+                refused[key] = str(error)
+                continue
+            finally:
+                env.close()
+            if not hasattr(model.action_space, "n"):
+                refused[key] = f"the action space is {model.action_space}; the batched engine plays Discrete ones"
+                continue
+            reason, shared_trunk = _network_refusal(model)
+            if reason is not None:
+                refused[key] = reason
+                continue
+            arms[key] = BatchedArm(task_name, algorithm, settings, shared_trunk)
+    if refused:
+        raise RefusedArms(refused)
+    return arms
+
+
+def train_group(arm: BatchedArm, runs: list[Run], timesteps: int | None = None) -> tuple[BatchedPPO, float]:
+    """One ``BatchedPPO`` over ``runs`` (one agent each, its seed and learning-rate scale), evaluated as the
+    SB3 runner evaluates; the trainer and its wall-clock seconds."""
+    task = TASKS[arm.task]
+    settings = dict(arm.settings)
+    settings["learning_rate"] = [task.hyperparameters["learning_rate"] * run.learning_rate_scale for run in runs]
+    start = time.perf_counter()
+    trainer = BatchedPPO([run.seed for run in runs], shared_trunk=arm.shared_trunk, env_id=task.env_id, **settings)
+    trainer.learn(timesteps or task.timesteps, eval_every=task.eval_every)
+    return trainer, time.perf_counter() - start
+
+
+def run_record(trainer: BatchedPPO, agent: int, run: Run, wall_seconds: float) -> dict[str, Any]:
+    """Agent ``agent``'s run file: the SB3 engine's fields (``runs.train_and_evaluate``), ``engine`` and
+    ``train_episode_returns``. The seconds are the whole group's, which trained together."""
+    task = TASKS[run.task]
+    evaluations = [{**record, "train": {}} for record in trainer.evaluations[agent]]
+    return {
+        "task": run.task,
+        "algorithm": run.algorithm,
+        "seed": run.seed,
+        "learning_rate_scale": run.learning_rate_scale,
+        "learning_rate": task.hyperparameters["learning_rate"] * run.learning_rate_scale,
+        "timesteps": int(trainer.num_timesteps),
+        "wall_seconds": round(wall_seconds, 3),
+        "train_seconds": round(wall_seconds - trainer.eval_seconds, 3),
+        "torch_threads": th.get_num_threads(),
+        "evaluations": evaluations,
+        "engine": "batched",
+        "train_episode_returns": [round(value, 3) for value in trainer.episode_returns[agent]],
+    }
+
+
+def run_batched_grid(
+    directory: Path,
+    tasks: list[str],
+    algorithms: list[str],
+    seeds: list[int],
+    learning_rate_scales: list[float],
+    timesteps: int | None = None,
+    progress_bar: bool = False,
+) -> list[tuple[Run, str]]:
+    """``runs.run_grid`` with the batched engine: every run not on disk, one group per (task, algorithm).
+
+    :raises RefusedArms: before any run starts, when an arm cannot run batched.
+    :return: the runs that failed (an agent whose network or loss stopped being finite), with the reason.
+    """
+    arms = batched_arms(tasks, algorithms)
+    runs = grid(tasks, algorithms, seeds, learning_rate_scales)
+    to_run = [run for run in runs if not run.path(directory).exists()]
+    if not to_run:
+        return []
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in to_run:
+        groups.setdefault((run.task, run.algorithm), []).append(run)
+    print(
+        f"{len(to_run)} of {len(runs)} runs to do ({len(runs) - len(to_run)} on disk) in {len(groups)} batched "
+        f"group(s), {th.get_num_threads()} torch thread(s)",
+        flush=True,
+    )
+    progress = GridProgress(len(to_run), bar=progress_bar)
+    failures: list[tuple[Run, str]] = []
+    try:
+        for key, group in groups.items():
+            for run in group:
+                progress.started(run)
+            trainer, wall_seconds = train_group(arms[key], group, timesteps)
+            for agent, run in enumerate(group):
+                step = trainer.failed_at[agent]
+                if step is not None:
+                    failures.append((run, f"non-finite network output, loss or gradient at step {step}"))
+                    progress.finished(f"{run}: FAILED, {failures[-1][1]}", failed=True)
+                    continue
+                record = run_record(trainer, agent, run, wall_seconds)
+                write_run(run.path(directory), record)
+                final = record["evaluations"][-1]["eval_return"]
+                progress.finished(f"{run}: return {final:.1f}, {wall_seconds:.1f} s for its group of {len(group)}")
+    except KeyboardInterrupt:
+        progress.close()
+        print(f"interrupted: {progress.summary()}; run the same command again to resume", file=sys.stderr)
+        raise
+    progress.close()
+    if failures:
+        print(f"{len(failures)} of {len(to_run)} runs failed:", file=sys.stderr)
+        for run, error in failures:
+            print(f"  {run}: {error}", file=sys.stderr)
+    return failures

@@ -1,0 +1,134 @@
+"""``learn`` and ``collapse`` with ``--engine batched``: the run files, resume, and the arms refused up front.
+
+Budgets are tiny (512 steps): these tests check the files and the grid, not learning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch as th
+from run_records import benchmark, without_timing
+
+from sb3_ppo_variants import VariantPPO
+from sb3_ppo_variants.benchmark.__main__ import main
+from sb3_ppo_variants.benchmark.algorithms import ALGORITHMS, Algorithm
+from sb3_ppo_variants.benchmark.batched_runs import RefusedArms, batched_arms
+from sb3_ppo_variants.benchmark.runs import train_and_evaluate
+from sb3_ppo_variants.benchmark.tasks import TASKS
+
+TASK = "CartPole-v1"
+GRID = ["--tasks", TASK, "--algorithms", "ppo", "logit", "--lr-scales", "10", "--timesteps", "512"]
+
+
+def _runs(directory: Path) -> dict[str, Any]:
+    return {path.name: json.loads(path.read_text()) for path in sorted(directory.rglob("*.json"))}
+
+
+def test_a_batched_collapse_grid_writes_runs_that_study_reads_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    th.set_num_threads(1)
+    command = ["collapse", "--engine", "batched", *GRID, "--seeds", "0", "1", "2", "--runs", "runs"]
+    first = benchmark(*command, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "6 of 6 runs to do (0 on disk) in 2 batched group(s)" in first.stdout
+    runs = _runs(tmp_path / "runs" / TASK)
+    assert sorted(runs) == sorted(f"{a}_lr10_seed{s}.json" for a in ("ppo", "logit") for s in (0, 1, 2))
+    record = runs["logit_lr10_seed2.json"]
+    assert (record["engine"], record["task"], record["algorithm"], record["seed"]) == ("batched", TASK, "logit", 2)
+    assert record["learning_rate"] == pytest.approx(1e-2) and record["timesteps"] == 512
+    assert [evaluation["step"] for evaluation in record["evaluations"]] == [0, 512]
+    returns = record["train_episode_returns"]
+    assert len(returns) > 10 and sum(returns) <= 512 and all(value >= 1 for value in returns)
+    # the agents of a group are trained from their own seeds
+    assert runs["ppo_lr10_seed0.json"]["train_episode_returns"] != runs["ppo_lr10_seed1.json"]["train_episode_returns"]
+
+    output = tmp_path / "study"
+    assert main(["study", "--runs", str(tmp_path / "runs"), "--output", str(output), "--bootstrap-reps", "20"]) == 0
+    table = pd.read_csv(output / "collapse_study.csv").set_index("algorithm")
+    assert table.loc["ppo", "runs"] == table.loc["logit", "runs"] == 3
+
+    # resume: a finished run is kept as it is, a missing one is trained again, alone, to the same record
+    kept = tmp_path / "runs" / TASK / "ppo_lr10_seed0.json"
+    kept.write_text(json.dumps({**runs["ppo_lr10_seed0.json"], "kept": True}))
+    missing = tmp_path / "runs" / TASK / "logit_lr10_seed1.json"
+    missing.unlink()
+    monkeypatch.chdir(tmp_path)
+    assert main(command) == 0
+    assert "1 of 6 runs to do (5 on disk) in 1 batched group(s)" in capsys.readouterr().out
+    assert json.loads(kept.read_text())["kept"] is True
+    assert without_timing(json.loads(missing.read_text())) == without_timing(runs["logit_lr10_seed1.json"])
+
+
+def test_a_batched_run_has_the_fields_of_an_sb3_run(tmp_path: Path) -> None:
+    th.set_num_threads(1)
+    command = ["learn", "--engine", "batched", "--tasks", TASK, "--algorithms", "ppo", "--lr-scales", "1"]
+    assert main([*command, "--timesteps", "512", "--seeds", "0", "--runs", str(tmp_path)]) == 0
+    batched = _runs(tmp_path)["ppo_lr1_seed0.json"]
+    sb3 = train_and_evaluate(TASK, "ppo", seed=0, timesteps=512)
+    assert (batched["engine"], sb3["engine"]) == ("batched", "sb3")
+    assert set(batched) == set(sb3) | {"train_episode_returns"}
+    for key, value in sb3.items():
+        assert type(batched[key]) is type(value), key
+    for batched_evaluation, sb3_evaluation in zip(batched["evaluations"], sb3["evaluations"], strict=True):
+        assert batched_evaluation["step"] == sb3_evaluation["step"]
+        assert set(batched_evaluation) == set(sb3_evaluation)
+        for key, value in sb3_evaluation.items():
+            if value is not None:
+                assert type(batched_evaluation[key]) is type(value), key
+
+
+def test_arms_that_cannot_run_batched_are_refused_with_their_reason_before_any_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cartpole = TASKS["CartPole-v1"]
+    after_step = {"ratio_change_limit": 0.2, "ratio_change_stop": "after_step"}
+    monkeypatch.setitem(ALGORITHMS, "espo_after", Algorithm("espo_after", VariantPPO, after_step))
+    monkeypatch.setitem(
+        TASKS,
+        "test/narrow",
+        dataclasses.replace(
+            cartpole, hyperparameters={**cartpole.hyperparameters, "policy_kwargs": {"net_arch": [32]}}
+        ),
+    )
+    monkeypatch.setitem(
+        TASKS,
+        "test/relu",
+        dataclasses.replace(
+            cartpole, hyperparameters={**cartpole.hyperparameters, "policy_kwargs": {"activation_fn": th.nn.ReLU}}
+        ),
+    )
+    with pytest.raises(RefusedArms) as refusal:
+        batched_arms(["CartPole-v1", "Acrobot-v1", "test/narrow", "test/relu"], ["ppo", "espo_after"])
+    reasons = refusal.value.reasons
+    assert set(reasons) == {
+        ("CartPole-v1", "espo_after"),
+        ("Acrobot-v1", "ppo"),
+        ("Acrobot-v1", "espo_after"),
+        ("test/narrow", "ppo"),
+        ("test/narrow", "espo_after"),
+        ("test/relu", "ppo"),
+        ("test/relu", "espo_after"),
+    }
+    assert not batched_arms([TASK], ["ppo"])[TASK, "ppo"].shared_trunk
+    assert batched_arms(["pilot/Acrobot-v1-shared"], ["pfo"])["pilot/Acrobot-v1-shared", "pfo"].shared_trunk
+    assert "ESPO" in reasons["CartPole-v1", "espo_after"]
+    assert "VecNormalize" in reasons["Acrobot-v1", "ppo"]
+    assert "64-64" in reasons["test/narrow", "ppo"] and "ReLU" in reasons["test/relu", "ppo"]
+
+    # the command names each refused arm and runs nothing, not even the arms that could run
+    command = ["learn", "--engine", "batched", "--tasks", "CartPole-v1", "Acrobot-v1", "--algorithms", "ppo"]
+    with pytest.raises(SystemExit, match=r"ppo on Acrobot-v1: the task normalises observations") as exit_:
+        main([*command, "--timesteps", "256", "--seeds", "0", "--runs", str(tmp_path)])
+    assert "ppo on CartPole-v1" not in str(exit_.value)
+    assert not list(tmp_path.rglob("*.json"))
+    with pytest.raises(SystemExit, match=r"unknown task\(s\) \['Pong'\]"):
+        main(["collapse", "--engine", "batched", "--tasks", "Pong", "--runs", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"unknown algorithm\(s\) \['nope'\]"):
+        main(["collapse", "--engine", "batched", "--algorithms", "nope", "--runs", str(tmp_path)])
