@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 APT_PACKAGES := postgresql
 
-.PHONY: setup venv system-packages test test-fast lint type bench
+.PHONY: setup venv system-packages test test-fast lint type bench pong pong-report
 
 setup: system-packages venv
 
@@ -47,3 +47,12 @@ bench:
 	$(PYTHON) -m sb3_ppo_variants.benchmark collapse --runs $(BENCH_RUNS) --lr-scales 1 3 10 30 \
 		--seeds 0 1 2 3 4 --threads 1
 	$(PYTHON) -m sb3_ppo_variants.benchmark report --runs $(BENCH_RUNS) --output docs/results --plots docs/benchmarks
+
+# Pong with the seed's settings, ppo_logit and SB3's ppo, to 2M agent steps each (docs/benchmarks.md): starts both
+# runs, or continues them from the checkpoints in benchmark_runs/pong, and copies the newest checkpoint and the
+# Monitor files there every 10 minutes; commit benchmark_runs/pong to keep them.
+pong:
+	nice -n 10 $(PYTHON) -m sb3_ppo_variants.benchmark pong train
+
+pong-report:
+	$(PYTHON) -m sb3_ppo_variants.benchmark pong report

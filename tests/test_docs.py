@@ -103,6 +103,15 @@ NOT_RUN_HERE = [
     ),
     ("docs/benchmarks.md", "#!/bin/bash", "a SLURM batch script: needs a SLURM cluster"),
     (
+        "docs/benchmarks.md",
+        "make pong",
+        "trains Pong to 2M agent steps per algorithm (hours); "
+        "tests/test_pong_resume.py::test_a_killed_zoo_run_continues_from_its_last_checkpoint kills a real zoo run, "
+        "continues it with -i and snapshots it, and "
+        "tests/test_pong_resume.py::test_train_runs_the_algorithms_at_once_and_snapshots_them_when_they_end runs the "
+        "train action with stand-in runs",
+    ),
+    (
         "docs/collapse_monitor.md",
         "OMP_NUM_THREADS=1 PYTHONPATH=. python docs/scripts/collapse_showcase.py",
         "300k steps (4-8 minutes), and its report's --event 2 needs the run's second collapse",

@@ -5,7 +5,8 @@
 - ``collapse``: the same runs across learning-rate scales (the step-size sweep);
 - ``report``: tables (CSV, Markdown) and PNG plots from the runs on disk;
 - ``study``: the collapse study's outcomes, collapse rates with intervals and tests, and plots
-  (the definition in ``collapse_study.py`` and ``docs/benchmarks.md``).
+  (the definition in ``collapse_study.py`` and ``docs/benchmarks.md``);
+- ``pong``: the seed's Pong settings to 2M agent steps through rl-zoo3, resumable (``pong.py``).
 
 Runs already on disk are skipped, so ``learn`` and ``collapse`` resume after an interruption. They run
 ``--workers`` runs at once in local processes, or every run as a task on a Ray cluster (``--ray-address``),
@@ -111,6 +112,17 @@ def main(argv: list[str] | None = None) -> int:
     power.add_argument("--settings", type=int, default=3, help="settings pooled by the stratified (CMH) test")
     power.add_argument("--alpha", type=float, default=0.05)
     power.add_argument("--power", type=float, default=0.8)
+    pong = subcommands.add_parser("pong", help="the seed's Pong settings to 2M steps, resumable")
+    pong.add_argument("action", choices=["train", "snapshot", "evaluate", "report"])
+    pong.add_argument("--logs", type=Path, default=Path("logs/pong"), help="the zoo's log folder (-f)")
+    pong.add_argument("--runs", type=Path, default=DEFAULT_RUNS / "pong", help="the committed checkpoints and logs")
+    pong.add_argument("--algorithms", nargs="+", default=["ppo_logit", "ppo"], help="rl-zoo3 algorithm ids")
+    pong.add_argument("--target", type=int, default=2_000_000, help="train: agent steps per run")
+    pong.add_argument("--snapshot-every", type=float, default=600, help="train: seconds between snapshots")
+    pong.add_argument("--steps", type=int, nargs="+", default=[500_000], help="evaluate: the checkpoints nearest")
+    pong.add_argument("--episodes", type=int, default=10, help="evaluate: games per mode")
+    pong.add_argument("--plot", type=Path, default=Path("docs/benchmarks/pong.png"))
+    pong.add_argument("--table", type=Path, default=Path("docs/results/pong.md"))
 
     args = parser.parse_args(argv)
 
@@ -183,6 +195,20 @@ def main(argv: list[str] | None = None) -> int:
                 args.runs_per_arm, args.baseline_rates, args.arms, args.alpha, args.power, settings=args.settings
             )
         )
+    elif args.command == "pong":
+        from sb3_ppo_variants.benchmark import pong as pong_runs
+
+        if args.action == "train":
+            return pong_runs.train(args.logs, args.runs, args.algorithms, args.target, args.snapshot_every)
+        for algo in args.algorithms:
+            if args.action == "snapshot":
+                print(f"{algo}: {pong_runs.snapshot(args.logs, args.runs, algo)}")
+            elif args.action == "evaluate":
+                for steps in args.steps:
+                    result = pong_runs.evaluate(args.logs, args.runs, algo, steps, episodes=args.episodes)
+                    print(algo, result["checkpoint"], result["deterministic"]["scores"], result["stochastic"]["scores"])
+        if args.action == "report":
+            print(pong_runs.write_report(args.runs, args.plot, args.table, tuple(args.algorithms)), end="")
     return 0
 
 
