@@ -398,6 +398,7 @@ class VariantAlgorithm(_PPOAlgorithm):
         if self.feature_drift_coef > 0.0:
             self._preactivations = _PreActivations(_last_hidden_layer(self.policy))
         if self.records_rollout_policy:
+            self._use_recording_rollout_buffer()
             if not isinstance(self.rollout_buffer, _RolloutPolicyRecord):
                 raise ValueError(
                     "the exact KL (kl_coef > 0 or kl_trust_region) and feature_drift_coef need a rollout buffer whose "
@@ -408,6 +409,9 @@ class VariantAlgorithm(_PPOAlgorithm):
                 self._distribution_parameter_size() if self.uses_exact_kl else 0,
                 self._preactivations.size if self._preactivations is not None else 0,
             )
+
+    def _use_recording_rollout_buffer(self) -> None:
+        """Where the algorithm builds its buffer without ``rollout_buffer_class``, swap in one that records."""
 
     def _recording_buffer_names(self) -> str:
         """The rollout buffers of this algorithm whose samples carry the rollout policy's data, for messages."""
@@ -803,8 +807,10 @@ class VariantAlgorithm(_PPOAlgorithm):
         tb_log_name: str | None = None,
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
+        **kwargs: Any,
     ) -> SelfVariantPPO:
-        """SB3's ``learn``; the TensorBoard run is named after the class (``LogitPPO_1``) unless given.
+        """The algorithm's ``learn`` (``kwargs``: its own further arguments, such as MaskablePPO's ``use_masking``);
+        the TensorBoard run is named after the class (``LogitPPO_1``) unless given.
 
         The options are checked again first, so that a value changed since construction (an attribute set by
         hand, ``load``'s ``custom_objects``) fails here, before any compute is spent, never mid-training.
@@ -817,6 +823,7 @@ class VariantAlgorithm(_PPOAlgorithm):
             tb_log_name=type(self).__name__ if tb_log_name is None else tb_log_name,
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
+            **kwargs,
         )
 
 
