@@ -253,7 +253,7 @@ class _PaddedRecord(_RolloutPolicyRecord):
     """The two arrays cut into the minibatch's sequences and padded as sb3-contrib pads the others."""
 
     def _padded_recorded(self, batch_inds: np.ndarray, padded_size: int) -> tuple[th.Tensor | None, th.Tensor | None]:
-        recorded = []
+        recorded: list[th.Tensor | None] = []
         for name in _RECORDED:
             array = getattr(self, name)
             size = array.shape[-1]
