@@ -36,7 +36,7 @@ CONTRIB_SECTIONS = {
         "InvalidActionEnvMultiBinary-v0",
         "default",
     ],
-    "ppo_lstm_variant": ["CartPole-v1", "CartPoleNoVel-v1", "PendulumNoVel-v1", "Acrobot-v1", "atari", "default"],
+    "ppo_lstm_variant": ["CartPole-v1", "PendulumNoVel-v1", "Acrobot-v1", "atari", "default"],
 }
 # the environment each section is exercised on; "default" on ids absent from every file
 SECTION_ENVS = {
@@ -45,7 +45,6 @@ SECTION_ENVS = {
     "LunarLander-v3": ["LunarLander-v3"],
     "MountainCar-v0": ["MountainCar-v0"],
     "Pendulum-v1": ["Pendulum-v1"],
-    "CartPoleNoVel-v1": ["CartPoleNoVel-v1"],
     "PendulumNoVel-v1": ["PendulumNoVel-v1"],
     "InvalidActionEnvDiscrete-v0": ["InvalidActionEnvDiscrete-v0"],
     "InvalidActionEnvMultiDiscrete-v0": ["InvalidActionEnvMultiDiscrete-v0"],
