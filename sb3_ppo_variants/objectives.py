@@ -225,7 +225,7 @@ def clipped_surrogate(
     """
     distance = advantages * (target - ratio)
     surrogate = th.clamp(distance, min=0.0)
-    if alpha > 0.0:
+    if isinstance(alpha, th.Tensor) or alpha > 0.0:  # a tensor holds one α per agent (batched training)
         surrogate = surrogate + alpha * th.clamp(-distance, min=0.0)
     loss = surrogate - advantages * target
     if dual_clip_bound is not None:
@@ -261,7 +261,7 @@ def spo_surrogate(
     :param mask: boolean, ``False`` on padded samples left out of the mean, or ``None``.
     :return: scalar loss.
     """
-    if clip_range == 0.0:
+    if not isinstance(clip_range, th.Tensor) and clip_range == 0.0:  # a tensor holds one ε > 0 per agent
         return clipped_surrogate(ratio, target, advantages, mask=mask)
     abs_adv = advantages.abs()
     return masked_mean(

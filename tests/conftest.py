@@ -1,8 +1,15 @@
-"""Shared fixture ``zoo``: run rl-zoo3's own commands as a user would, against the installed package."""
+"""Shared fixtures: ``zoo`` runs rl-zoo3's own commands as a user would, against the installed package;
+``postgres_server`` is a throwaway PostgreSQL server for the distributed-tuning commands."""
 
 import os
+import pwd
+import re
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -61,3 +68,69 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> ZooRunner:
             pytest.fail(f"{message}\n{runner.describe(result)}")
         pytest.skip(message)
     return runner
+
+
+# --- PostgreSQL -------------------------------------------------------------------------------------------------
+
+
+def _postgres_bin_dir() -> Path | None:
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
+    return candidates[-1].parent if candidates else None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class PostgresServer:
+    """A running server; ``url`` has the README's form, ``postgresql://user@host:port`` (SQLAlchemy's default
+    driver for it is psycopg 3, which the ``postgres`` extra installs)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def new_database(self, name: str) -> str:
+        """Create an empty database and return its URL."""
+        import psycopg
+
+        name = re.sub(r"\W", "_", name).lower()[:60]
+        with psycopg.connect(f"{self.url}/postgres", autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        return f"{self.url}/{name}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL cluster on a free port (as the ``postgres`` user when running as root)."""
+    bin_dir = _postgres_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: install Debian's postgresql package")
+    as_user: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="sb3-ppo-variants-pg-"))
+    if os.geteuid() == 0:
+        # PostgreSQL refuses to run as root
+        try:
+            postgres = pwd.getpwnam("postgres")
+        except KeyError:
+            shutil.rmtree(root)
+            pytest.skip("running as root and no 'postgres' user to run the server as")
+        os.chown(root, postgres.pw_uid, postgres.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = root / "data", free_port()
+
+    def pg(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*as_user, *args], capture_output=True, text=True, timeout=120, check=True)
+
+    pg(str(bin_dir / "initdb"), "-D", str(data), *"-U postgres -A trust --no-sync --no-locale -E UTF8".split())
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50"
+    pg(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-o", options, "-w", "start")
+    try:
+        yield PostgresServer(f"postgresql://postgres@127.0.0.1:{port}")
+    finally:
+        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], check=False)
+        shutil.rmtree(root, ignore_errors=True)

@@ -25,6 +25,7 @@ from stable_baselines3.common.callbacks import EvalCallback
 from stable_baselines3.common.logger import configure
 
 from sb3_ppo_variants.callbacks import CollapseMonitor
+from sb3_ppo_variants.collapse.__main__ import main as collapse_main
 from sb3_ppo_variants.collapse_report import load_run, main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -167,3 +168,15 @@ def test_bad_arguments_exit_with_status_2(run_dir, tmp_path, capsys, arguments, 
     assert status == 2
     assert message in capsys.readouterr().err
     assert not any(tmp_path.glob("report.*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry_point", ["collapse_report", "collapse report"])
+def test_an_event_asked_of_a_run_without_collapses_exits_with_status_2(run_dir, tmp_path, capsys, entry_point):
+    shutil.copy(run_dir / "progress.csv", tmp_path / "progress.csv")
+    output = tmp_path / "report.png"
+    arguments = [str(tmp_path), "-o", str(output), "--event", "1"]
+    status = main(arguments) if entry_point == "collapse_report" else collapse_main(["report", *arguments])
+    assert status == 2
+    assert "this run recorded no collapse, so there is no event 1" in capsys.readouterr().err
+    assert not output.exists()

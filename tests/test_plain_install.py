@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from doc_blocks import DocumentRun, find_block, new_folder
 
 pytestmark = pytest.mark.slow
 
@@ -54,92 +55,25 @@ def test_the_wheel_ships_py_typed_and_the_hyperparameters(plain: tuple[Path, Pat
 def test_the_readme_zoo_commands_run_after_a_plain_install(
     plain: tuple[Path, Path, dict[str, str]], tmp_path: Path
 ) -> None:
+    """The README's rl-zoo3 block as written, shrunk as tests/test_docs.py shrinks every documented command."""
     python, _, env = plain
-    zoo = [str(python), "-m"]
-    _run(
-        [
-            *zoo,
-            "rl_zoo3.train",
-            "--algo",
-            "ppo_logit",
-            "--env",
-            "CartPole-v1",
-            "-n",
-            "2000",
-            "-f",
-            "logs",
-            "--seed",
-            "1",
-        ],
-        tmp_path,
-        env,
-    )
-    run_folder = tmp_path / "logs" / "ppo_logit" / "CartPole-v1_1"
-    assert (run_folder / "CartPole-v1.zip").is_file()
+    run = DocumentRun(new_folder(tmp_path), env, python)
+    run.run(find_block("README.md", "python -m rl_zoo3.train --algo ppo_logit --env CartPole-v1 -f logs/"))
+    logs = run.folder / "logs"
+    assert (logs / "ppo_logit" / "CartPole-v1_1" / "CartPole-v1.zip").is_file()
+    assert list((logs / "ppo_logit" / "CartPole-v1_1").glob("videos/*.mp4")), "record_video wrote no mp4"
+    # the README's Pong command (ALE with its ROMs) and -optimize, which writes into the zoo's default folder
+    assert (run.folder / "logs" / "ppo_logit" / "PongNoFrameskip-v4_1" / "PongNoFrameskip-v4.zip").is_file()
+    assert list((logs / "ppo_variant").glob("report_CartPole-v1_*.csv")), "no optimisation report"
 
+    # Box2D: the shipped LunarLander entries
     _run(
-        [*zoo, "rl_zoo3.enjoy", "--algo", "ppo_logit", "--env", "CartPole-v1", "-f", "logs", "-n", "50", "--no-render"],
-        tmp_path,
-        env,
-    )
-
-    _run(
-        [*zoo, "rl_zoo3.record_video", "--algo", "ppo_logit", "--env", "CartPole-v1", "-f", "logs", "-n", "50"],
-        tmp_path,
-        env,
-    )
-    assert list(run_folder.glob("videos/*.mp4")), "record_video wrote no mp4"
-
-    _run(
-        [
-            *zoo,
-            "rl_zoo3.train",
-            "--algo",
-            "ppo_variant",
-            "--env",
-            "CartPole-v1",
-            "-n",
-            "1000",
-            "-f",
-            "logs",
-            "-optimize",
-            "--n-trials",
-            "2",
-            "--n-jobs",
-            "1",
-            "--sampler",
-            "random",
-            "--pruner",
-            "none",
-            "--no-optim-plots",
-            "--storage",
-            str(tmp_path / "journal.log"),
-            "--study-name",
-            "plain",
-        ],
-        tmp_path,
-        env,
-    )
-    assert list((tmp_path / "logs" / "ppo_variant").glob("report_CartPole-v1_*.csv")), "no optimisation report"
-
-    # the console script, Box2D (the shipped LunarLander entry) and ALE with its ROMs (the README's Pong command)
-    console = python.parent / "rl_zoo3"
-    _run(
-        [str(console), "train", "--algo", "ppo_peaked", "--env", "LunarLander-v3", "-n", "1024", "-f", "logs"],
-        tmp_path,
+        [str(python.parent / "rl_zoo3"), "train", "--algo", "ppo_peaked", "--env", "LunarLander-v3", "-n", "1024"],
+        run.folder,
         env,
     )
     # the shipped lin_0.2 clip range with a budget that is not a multiple of the rollout (8 envs x 32 steps):
     # the last rollout overshoots, the schedule is read past its end, and the model is still saved
-    _run(
-        [*zoo, "rl_zoo3.train", "--algo", "ppo_peaked", "--env", "CartPole-v1", "-n", "1000", "-f", "logs"],
-        tmp_path,
-        env,
-    )
-    assert (tmp_path / "logs" / "ppo_peaked" / "CartPole-v1_1" / "CartPole-v1.zip").is_file()
-    _run(
-        [*zoo, "rl_zoo3.train", "--algo", "ppo_logit", "--env", "PongNoFrameskip-v4", "-n", "512", "-f", "logs"],
-        tmp_path,
-        env,
-    )
-    assert (tmp_path / "logs" / "ppo_logit" / "PongNoFrameskip-v4_1" / "PongNoFrameskip-v4.zip").is_file()
+    command = ["rl_zoo3.train", "--algo", "ppo_peaked", "--env", "CartPole-v1", "-n", "1000", "-f", "schedule_logs"]
+    _run([str(python), "-m", *command], run.folder, env)
+    assert (run.folder / "schedule_logs" / "ppo_peaked" / "CartPole-v1_1" / "CartPole-v1.zip").is_file()

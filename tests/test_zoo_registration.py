@@ -63,6 +63,16 @@ def test_importing_rl_zoo3_registers_every_id(zoo, tmp_path):
     assert "Warning" not in result.stderr
 
 
+def test_importing_the_samplers_before_rl_zoo3_registers_them(zoo, tmp_path):
+    """The registration imports the samplers from inside rl_zoo3.hyperparams_opt's import: no cycle."""
+    code = "import sb3_ppo_variants.zoo.samplers\n" + REPORT_TABLES
+    result = zoo.run([zoo.python, "-c", code], cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, zoo.describe(result)
+    assert "Warning" not in result.stderr, result.stderr
+    tables = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(IDS) <= set(tables["samplers"]) and set(IDS) <= set(tables["converters"])
+
+
 def test_environment_variable_turns_the_hook_off(zoo, tmp_path):
     tables, _ = _tables(zoo, tmp_path, SB3_PPO_VARIANTS_NO_ZOO_HOOK="1")
     assert not set(IDS) & set(tables["algos"])

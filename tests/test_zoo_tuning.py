@@ -5,21 +5,14 @@ The shared studies are created by the test with cheap enqueued trials (small rol
 workers pick up before sampling their own, so the tests do not depend on how costly a random sample is.
 """
 
-import os
 import pickle
-import pwd
 import re
-import shutil
 import signal
-import socket
 import subprocess
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import optuna
-import psycopg2
 import pytest
 import yaml
 from optuna.trial import TrialState
@@ -83,74 +76,19 @@ def _assert_shared_without_loss_or_duplicate(zoo, study, workers, max_total_tria
     return finished
 
 
-# --- PostgreSQL -------------------------------------------------------------------------------------------------
-
-
-def _postgres_bin_dir() -> Path | None:
-    found = shutil.which("pg_ctl")
-    if found:
-        return Path(found).resolve().parent
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
-    return candidates[-1].parent if candidates else None
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def postgres_server():
-    """A throwaway PostgreSQL cluster on a free port (as the ``postgres`` user when running as root)."""
-    bin_dir = _postgres_bin_dir()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: install Debian's postgresql package")
-    as_user: list[str] = []
-    root = Path(tempfile.mkdtemp(prefix="sb3-ppo-variants-pg-"))
-    if os.geteuid() == 0:
-        # PostgreSQL refuses to run as root
-        try:
-            postgres = pwd.getpwnam("postgres")
-        except KeyError:
-            shutil.rmtree(root)
-            pytest.skip("running as root and no 'postgres' user to run the server as")
-        os.chown(root, postgres.pw_uid, postgres.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data, port = root / "data", _free_port()
-
-    def pg(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*as_user, *args], capture_output=True, text=True, timeout=120, check=True)
-
-    pg(str(bin_dir / "initdb"), "-D", str(data), *"-U postgres -A trust --no-sync --no-locale -E UTF8".split())
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50"
-    pg(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-o", options, "-w", "start")
-    try:
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], check=False)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _new_database(server_url: str, name: str) -> str:
-    connection = psycopg2.connect(server_url.replace("postgresql+psycopg2://", "postgresql://") + "/postgres")
-    connection.autocommit = True
-    with connection.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    connection.close()
-    return f"{server_url}/{name}"
+# --- PostgreSQL (the server: conftest.postgres_server) ----------------------------------------------------------
 
 
 @pytest.fixture
 def postgres_url(postgres_server, request):
-    """A fresh, empty database for each test."""
-    return _new_database(postgres_server, re.sub(r"\W", "_", request.node.name).lower()[:60])
+    """A fresh, empty database for each test, with a ``postgresql://`` URL as the README writes it."""
+    return postgres_server.new_database(request.node.name)
 
 
 def test_workers_starting_together_on_an_empty_database_all_connect(postgres_server):
     """Optuna's table creation races between workers started at once; the heartbeat storage retries it."""
     for attempt in range(3):
-        url = _new_database(postgres_server, f"empty_{attempt}")
+        url = postgres_server.new_database(f"empty_{attempt}")
         start, errors = threading.Barrier(3), []
 
         def connect(url=url, start=start, errors=errors):

@@ -68,7 +68,9 @@ def _collect_probe(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from sb3_ppo_variants.collapse.report import main as report_main
 
-    forwarded = [str(args.run_dir), "-o", str(args.output), "--event", str(args.event)]
+    forwarded = [str(args.run_dir), "-o", str(args.output)]
+    if args.event is not None:
+        forwarded += ["--event", str(args.event)]
     return report_main(forwarded + (["--title", args.title] if args.title else []))
 
 
@@ -104,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = commands.add_parser("report", help="the one-page report of a monitored run (PNG or HTML)")
     report.add_argument("run_dir", type=Path)
     report.add_argument("-o", "--output", type=Path, required=True)
-    report.add_argument("--event", type=int, default=1)
+    report.add_argument("--event", type=int, default=None, help="collapse (1-based) to zoom on (default: the first)")
     report.add_argument("--title", default=None)
     report.set_defaults(run=_report)
 

@@ -506,20 +506,23 @@ def _figure(logs: RunLogs, event_index: int | None, title: str | None) -> Any:
     return figure
 
 
-def _check_event(logs: RunLogs, event_index: int) -> int | None:
+def _check_event(logs: RunLogs, event_index: int | None) -> int | None:
+    """The collapse to zoom on: the one asked for, else the first; ``None`` for a run without collapses."""
+    if event_index is None:
+        return 1 if logs.events else None
     if not logs.events:
-        return None
+        raise ValueError(f"this run recorded no collapse, so there is no event {event_index}")
     if not 1 <= event_index <= len(logs.events):
         raise ValueError(f"event must be between 1 and {len(logs.events)} for this run, got {event_index}")
     return event_index
 
 
-def render_png(logs: RunLogs, path: str | Path, event: int = 1, title: str | None = None) -> Path:
+def render_png(logs: RunLogs, path: str | Path, event: int | None = None, title: str | None = None) -> Path:
     """Draw the one-page report as a PNG.
 
     :param logs: the run, from :func:`load_run`.
     :param path: the PNG file to write.
-    :param event: which collapse (1-based) the diagnostic panels zoom on.
+    :param event: which collapse (1-based) the diagnostic panels zoom on; ``None``: the first, if any.
     :param title: a title instead of the run folder.
     :return: the path written.
     """
@@ -534,12 +537,12 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return table.to_html(index=False, escape=True, border=0)
 
 
-def render_html(logs: RunLogs, path: str | Path, event: int = 1, title: str | None = None) -> Path:
+def render_html(logs: RunLogs, path: str | Path, event: int | None = None, title: str | None = None) -> Path:
     """Write the one-page report as a self-contained HTML file (the figure is embedded).
 
     :param logs: the run, from :func:`load_run`.
     :param path: the HTML file to write.
-    :param event: which collapse (1-based) the diagnostic panels zoom on.
+    :param event: which collapse (1-based) the diagnostic panels zoom on; ``None``: the first, if any.
     :param title: a title instead of the run folder.
     :return: the path written.
     """
@@ -641,7 +644,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("run_dir", type=Path, help="run folder (holding collapse_monitor/) or the monitor's folder")
     parser.add_argument("-o", "--output", type=Path, required=True, help="report file, .png or .html")
-    parser.add_argument("--event", type=int, default=1, help="collapse (1-based) the diagnostic panels zoom on")
+    parser.add_argument(
+        "--event", type=int, default=None, help="collapse (1-based) the diagnostic panels zoom on (default: the first)"
+    )
     parser.add_argument("--title", default=None, help="title instead of the run folder")
     args = parser.parse_args(argv)
 

@@ -1,7 +1,7 @@
 """rl-zoo3 integration: ``python -m rl_zoo3.train --algo ppo_logit ...`` with the zoo's own commands.
 
-Ids: ``ppo_variant`` (VariantPPO, every option tunable), ``ppo_logit``, ``ppo_peaked``, ``ppo_rescaled``,
-``ppo_spo`` and ``ppo_kl``. The installed ``sb3_ppo_variants_zoo.pth`` registers them whenever rl_zoo3 is
+Ids: one per entry of :data:`sb3_ppo_variants.registry.VARIANTS` (``ppo_variant``: VariantPPO, every option
+tunable; ``ppo_logit``: LogitPPO; ...). The installed ``sb3_ppo_variants_zoo.pth`` registers them whenever rl_zoo3 is
 imported (see :mod:`.import_hook`; ``SB3_PPO_VARIANTS_NO_ZOO_HOOK=1`` turns that off). Scripts can call
 :func:`register` instead. ``docs/zoo.md`` describes the whole mechanism.
 """

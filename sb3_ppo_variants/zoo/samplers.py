@@ -8,13 +8,16 @@ converter(trial.params)``.
 
 ``n_actions`` is 0 unless the action space is a ``Box`` (the zoo only sets it for ``Box``), which is how
 the samplers keep the pseudo-entropy and logit-target options away from continuous actions.
+
+rl-zoo3's PPO sampler and converter are imported when a sampler or converter runs, not with this module:
+the registration imports this module from inside ``rl_zoo3.hyperparams_opt``'s import, and a module-level
+import of that module here would make ``import sb3_ppo_variants.zoo.samplers`` (before rl_zoo3) circular.
 """
 
 from collections.abc import Callable
 from typing import Any
 
 import optuna
-from rl_zoo3.hyperparams_opt import convert_onpolicy_params, sample_ppo_lstm_params, sample_ppo_params
 
 from sb3_ppo_variants.registry import ZOO_VARIANTS
 
@@ -63,6 +66,8 @@ def _ppo_space(
     additional_args: dict,
     overrides: dict[str, Callable[[optuna.Trial], Any]] | None = None,
 ) -> dict[str, Any]:
+    from rl_zoo3.hyperparams_opt import sample_ppo_params
+
     proxy = _TrialWithOverrides(trial, overrides or {})
     hyperparams = sample_ppo_params(proxy, n_actions, n_envs, additional_args)  # type: ignore[arg-type]
     return {key: value for key, value in hyperparams.items() if value is not _NOT_TUNED}
@@ -125,6 +130,8 @@ def convert_variant_options(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _convert(params: dict[str, Any]) -> dict[str, Any]:
+    from rl_zoo3.hyperparams_opt import convert_onpolicy_params
+
     return convert_variant_options(convert_onpolicy_params(params))
 
 
@@ -188,6 +195,8 @@ def sample_lstm_variant_params(
     trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict
 ) -> dict[str, Any]:
     """RecurrentVariantPPO: rl-zoo3's RecurrentPPO space (``sample_ppo_lstm_params``) plus ``VariantPPO``'s options."""
+    from rl_zoo3.hyperparams_opt import sample_ppo_lstm_params
+
     hyperparams = sample_ppo_lstm_params(trial, n_actions, n_envs, additional_args)
     return {**hyperparams, **_variant_options(trial, discrete_actions=n_actions == 0)}
 

@@ -1,0 +1,171 @@
+"""Many actor-critic MLPs as one: SB3 ``MlpPolicy`` parameters stacked on a leading agent axis."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch as th
+from stable_baselines3.common.policies import ActorCriticPolicy
+
+# the parts of SB3's ActorCriticPolicy, by state-dict prefix, and its initialisation gains (ortho_init=True)
+TRUNK = "features_extractor.trunk"
+"""``policies.MlpTrunk``'s layers (``Linear`` at odd indices, after ``Flatten``), shared by actor and critic."""
+ACTOR = "mlp_extractor.policy_net"
+CRITIC = "mlp_extractor.value_net"
+ORTHOGONAL_GAINS = {
+    "features_extractor": math.sqrt(2.0),
+    "mlp_extractor": math.sqrt(2.0),
+    "action_net": 0.01,
+    "value_net": 1.0,
+}
+"""SB3's ``ActorCriticPolicy`` initialisation gains; biases start at 0."""
+_ALIASES = ("pi_features_extractor.", "vf_features_extractor.")
+"""With a shared features extractor SB3's state dict lists its tensors three times."""
+
+
+def _linear(inputs: th.Tensor, weight: th.Tensor, bias: th.Tensor) -> th.Tensor:
+    """``x Wᵀ + b`` for every agent: inputs ``(S, B, in)``, weight ``(S, out, in)``, bias ``(S, out)``."""
+    return th.baddbmm(bias.unsqueeze(1), inputs, weight.transpose(1, 2))
+
+
+def _layers(names: Sequence[str], prefix: str) -> list[str]:
+    """The ``Linear`` layers under ``prefix``, in order (``prefix.<index>``)."""
+    layers = {name.rsplit(".", 1)[0] for name in names if name.startswith(prefix + ".") and name.endswith(".weight")}
+    return sorted(layers, key=lambda layer: int(layer.rsplit(".", 1)[1]))
+
+
+class StackedActorCritic:
+    """``S`` independent actor-critics with tanh hidden layers, each one SB3 ``ActorCriticPolicy``.
+
+    Two shapes, SB3's ``MlpPolicy`` (a separate actor and critic, ``net_arch=dict(pi=[64, 64], vf=[64, 64])``)
+    and the shared trunk of ``policies.MlpTrunk`` with ``net_arch=[]``. ``parameters`` maps SB3's state-dict
+    names (``mlp_extractor.policy_net.0.weight``, ``action_net.bias``, …) to tensors with the agents on the
+    first axis, so agent ``k``'s network is SB3's with ``parameters[name][k]``. They are views of one
+    ``(S, P)`` tensor, ``flat``, the leaf that the optimiser steps and the gradient lands on: one
+    operation updates every parameter of every agent.
+
+    :param parameters: the stacked parameters, by SB3's names.
+    """
+
+    def __init__(self, parameters: dict[str, th.Tensor]) -> None:
+        first = next(iter(parameters.values()))
+        self.flat = th.cat([tensor.detach().reshape(first.shape[0], -1) for tensor in parameters.values()], dim=1)
+        self._layout: dict[str, tuple[int, int, tuple[int, ...]]] = {}
+        offset = 0
+        for name, tensor in parameters.items():
+            size = tensor[0].numel()
+            self._layout[name] = (offset, offset + size, tuple(tensor.shape[1:]))
+            offset += size
+        names = list(parameters)
+        self.trunk_layers = _layers(names, TRUNK)
+        self.actor_layers = _layers(names, ACTOR)
+        self.critic_layers = _layers(names, CRITIC)
+
+    @property
+    def parameters(self) -> dict[str, th.Tensor]:
+        """Every parameter, ``(S, …)``, as a view of ``flat``."""
+        agents = self.flat.shape[0]
+        return {
+            name: self.flat[:, start:end].view(agents, *shape) for name, (start, end, shape) in self._layout.items()
+        }
+
+    @property
+    def n_agents(self) -> int:
+        return int(self.flat.shape[0])
+
+    @classmethod
+    def initialise(
+        cls,
+        observation_size: int,
+        n_actions: int,
+        generators: Sequence[th.Generator],
+        hidden_sizes: Sequence[int] = (64, 64),
+        shared_trunk: bool = False,
+    ) -> StackedActorCritic:
+        """Orthogonal weights with SB3's gains and zero biases, agent ``k`` drawn from ``generators[k]`` only.
+
+        :param observation_size: flat observation size.
+        :param n_actions: actions of the Discrete action space.
+        :param generators: one torch generator per agent.
+        :param hidden_sizes: hidden layer widths (of the trunk, or of each of the actor and the critic).
+        :param shared_trunk: ``MlpTrunk`` shared by both heads instead of a separate actor and critic.
+        """
+        shapes: dict[str, tuple[int, int]] = {}
+        for net, first in ((TRUNK, 1),) if shared_trunk else ((ACTOR, 0), (CRITIC, 0)):
+            size = observation_size
+            for index, width in enumerate(hidden_sizes):
+                shapes[f"{net}.{first + 2 * index}"] = (width, size)
+                size = width
+        shapes["action_net"] = (n_actions, hidden_sizes[-1])
+        shapes["value_net"] = (1, hidden_sizes[-1])
+        parameters: dict[str, th.Tensor] = {}
+        for layer, shape in shapes.items():
+            gain = ORTHOGONAL_GAINS[layer.split(".")[0]]
+            weights = []
+            for generator in generators:
+                weight = th.empty(shape)
+                th.nn.init.orthogonal_(weight, gain=gain, generator=generator)
+                weights.append(weight)
+            parameters[f"{layer}.weight"] = th.stack(weights)
+            parameters[f"{layer}.bias"] = th.zeros(len(generators), shape[0])
+        return cls(parameters)
+
+    @classmethod
+    def from_policies(cls, policies: Sequence[ActorCriticPolicy]) -> StackedActorCritic:
+        """The networks of SB3 policies of one of the two shapes, stacked in order."""
+        states = []
+        for policy in policies:
+            state = policy.state_dict()
+            if not policy.share_features_extractor and any(name.startswith(_ALIASES) for name in state):
+                raise ValueError("a features extractor with weights must be shared by the actor and the critic")
+            states.append({name: tensor for name, tensor in state.items() if not name.startswith(_ALIASES)})
+        known = (f"{TRUNK}.", f"{ACTOR}.", f"{CRITIC}.", "action_net.", "value_net.")
+        unknown = [name for name in states[0] if not name.startswith(known)]
+        if unknown:
+            raise ValueError(f"parameters outside an MlpPolicy or MlpTrunk actor-critic: {unknown}")
+        return cls({name: th.stack([state[name].detach().clone() for state in states]) for name in states[0]})
+
+    def agent_state_dict(self, agent: int) -> dict[str, th.Tensor]:
+        """Agent ``agent``'s parameters by SB3's names (``policy.load_state_dict(…, strict=False)`` loads them)."""
+        return {name: tensor[agent].detach().clone() for name, tensor in self.parameters.items()}
+
+    def requires_grad_(self) -> StackedActorCritic:
+        self.flat.requires_grad_(True)
+        return self
+
+    @staticmethod
+    def _hidden(
+        parameters: dict[str, th.Tensor], layers: list[str], inputs: th.Tensor, pre_activations: list[th.Tensor]
+    ) -> th.Tensor:
+        for layer in layers:
+            pre_activations.append(_linear(inputs, parameters[f"{layer}.weight"], parameters[f"{layer}.bias"]))
+            inputs = th.tanh(pre_activations[-1])
+        return inputs
+
+    @staticmethod
+    def _head(parameters: dict[str, th.Tensor], head: str, latent: th.Tensor) -> th.Tensor:
+        return _linear(latent, parameters[f"{head}.weight"], parameters[f"{head}.bias"])
+
+    def forward_with_features(self, observations: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """Logits, values and PFO's ``φ(s)``, ``(S, B, width)``: the pre-activations of the actor's last hidden
+        layer (its own, or the shared trunk's last), the layer ``VariantPPO``'s ``feature_drift_coef`` reads."""
+        parameters = self.parameters
+        pre_activations: list[th.Tensor] = []
+        features = self._hidden(parameters, self.trunk_layers, observations.flatten(2), pre_activations)
+        latent_pi = self._hidden(parameters, self.actor_layers, features, pre_activations)
+        logits = self._head(parameters, "action_net", latent_pi)
+        values = self._head(parameters, "value_net", self._hidden(parameters, self.critic_layers, features, []))
+        return logits, values.squeeze(-1), pre_activations[-1]
+
+    def forward(self, observations: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """Action logits ``(S, B, n_actions)`` and values ``(S, B)`` for observations ``(S, B, obs)``."""
+        logits, values, _ = self.forward_with_features(observations)
+        return logits, values
+
+    def values(self, observations: th.Tensor) -> th.Tensor:
+        """``V(s)`` only, ``(S, B)``."""
+        parameters = self.parameters
+        features = self._hidden(parameters, self.trunk_layers, observations.flatten(2), [])
+        latent_vf = self._hidden(parameters, self.critic_layers, features, [])
+        return self._head(parameters, "value_net", latent_vf).squeeze(-1)

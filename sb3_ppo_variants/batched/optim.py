@@ -1,0 +1,91 @@
+"""Adam and gradient-norm clipping over stacked parameters, each agent on its own.
+
+Adam is elementwise, so one optimiser over the stacks keeps the agents independent; the learning rate,
+the step count and whether a step is taken are per agent. The update is torch's ``Adam``
+(``torch.optim.Adam``'s single-tensor form), written out so that the learning rate can be a tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch as th
+
+
+def _per_agent(values: th.Tensor, like: th.Tensor) -> th.Tensor:
+    """``(S,)`` values broadcast against a stacked tensor ``(S, ...)``."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+def clip_grad_norms(gradients: Sequence[th.Tensor], max_norm: float) -> th.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` for each agent: scale agent ``k``'s gradients by
+    ``min(1, max_norm / (‖g_k‖ + 1e-6))``, ``‖g_k‖`` the 2-norm over all of its parameters.
+
+    :param gradients: stacked gradients ``(S, ...)``, scaled in place.
+    :param max_norm: the largest norm.
+    :return: every agent's norm before clipping, ``(S,)``.
+    """
+    norms = th.stack([gradient.flatten(1).norm(dim=1) for gradient in gradients]).norm(dim=0)
+    scale = th.clamp(max_norm / (norms + 1e-6), max=1.0)
+    for gradient in gradients:
+        gradient.mul_(_per_agent(scale, gradient))
+    return norms
+
+
+class StackedAdam:
+    """Adam (Kingma and Ba 2015) over stacked parameters with a learning rate per agent.
+
+    :param parameters: stacked leaf tensors ``(S, ...)``.
+    :param learning_rates: one learning rate per agent, ``(S,)``.
+    :param betas: ``(β1, β2)``.
+    :param eps: ``ε``; SB3's PPO uses ``1e-5``.
+    """
+
+    def __init__(
+        self,
+        parameters: Sequence[th.Tensor],
+        learning_rates: th.Tensor,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-5,
+    ) -> None:
+        self.parameters = list(parameters)
+        self.learning_rates = learning_rates
+        self.betas = betas
+        self.eps = eps
+        self.steps = th.zeros(len(learning_rates), dtype=th.float64)
+        self.exp_avgs = [th.zeros_like(parameter) for parameter in self.parameters]
+        self.exp_avg_sqs = [th.zeros_like(parameter) for parameter in self.parameters]
+
+    @th.no_grad()
+    def step(self, active: th.Tensor) -> None:
+        """One step for the agents where ``active`` is true; the others keep their parameters and moments.
+
+        :param active: boolean ``(S,)``.
+        """
+        beta1, beta2 = self.betas
+        self.steps += active.to(self.steps.dtype)
+        steps = self.steps.clamp(min=1.0)
+        step_sizes = (self.learning_rates.double() / (1.0 - beta1**steps)).to(self.parameters[0].dtype)
+        bias_correction2_sqrt = ((1.0 - beta2**steps) ** 0.5).to(self.parameters[0].dtype)
+        every_agent = bool(active.all())
+        for parameter, exp_avg, exp_avg_sq in zip(self.parameters, self.exp_avgs, self.exp_avg_sqs, strict=True):
+            gradient = parameter.grad
+            assert gradient is not None
+            if every_agent:  # the common case, in place
+                exp_avg.lerp_(gradient, 1.0 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(gradient, gradient, value=1.0 - beta2)
+                denominator = (exp_avg_sq.sqrt() / _per_agent(bias_correction2_sqrt, parameter)).add_(self.eps)
+                parameter.sub_(_per_agent(step_sizes, parameter) * exp_avg / denominator)
+                continue
+            keep = _per_agent(active, parameter)
+            new_avg = exp_avg.lerp(gradient, 1.0 - beta1)
+            new_avg_sq = exp_avg_sq * beta2 + (1.0 - beta2) * gradient * gradient
+            denominator = new_avg_sq.sqrt() / _per_agent(bias_correction2_sqrt, parameter) + self.eps
+            updated = parameter - _per_agent(step_sizes, parameter) * new_avg / denominator
+            exp_avg.copy_(th.where(keep, new_avg, exp_avg))
+            exp_avg_sq.copy_(th.where(keep, new_avg_sq, exp_avg_sq))
+            parameter.copy_(th.where(keep, updated, parameter))
+
+    def zero_grad(self) -> None:
+        for parameter in self.parameters:
+            parameter.grad = None

@@ -1,0 +1,526 @@
+"""``BatchedPPO``: ``S`` independent PPO agents on CartPole, trained in lock-step in one process.
+
+Every agent is SB3's ``PPO`` (``MlpPolicy`` with a separate actor and critic) with ``VariantPPO``'s options:
+its loss is ``loss.variant_ppo_loss``, mapped over the agents with ``torch.func.vmap``. The agents share
+nothing but the arrays they are stacked in: each has its own parameters, Adam moments, learning rate,
+numeric options, minibatch permutation, gradient-norm clipping, advantage normalisation and random
+stream (one ``torch.Generator`` and its environments' own generators), so that an agent trains the same
+whether it is alone or in a batch. An agent whose network output, loss or gradient is not finite is marked
+failed and frozen (``failed``; ``failed_at`` holds its step count at the end of the rollout or update in
+which it failed); the others go on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, cast
+
+import numpy as np
+import torch as th
+from stable_baselines3 import PPO
+from torch.func import vmap
+
+from sb3_ppo_variants import objectives
+from sb3_ppo_variants.batched.network import StackedActorCritic
+from sb3_ppo_variants.batched.optim import StackedAdam, clip_grad_norms
+from sb3_ppo_variants.batched.rollout import CartPoleAgents, generalized_advantages
+from sb3_ppo_variants.loss import LossOptions, Minibatch, PolicyEvaluation, variant_ppo_loss
+from sb3_ppo_variants.variant_ppo import KL_COEF_FLOOR, VariantPPO
+
+AGENT_OPTIONS = (
+    "clip_range",
+    "restoring_slope",
+    "dual_clip",
+    "kl_coef",
+    "kl_trust_region",
+    "pseudo_entropy_smoothing",
+    "feature_drift_coef",
+    "ent_coef",
+    "vf_coef",
+)
+"""The ``LossOptions`` that may take one value per agent: numbers that do not choose the loss's code path."""
+TRAIN_RETURN_WINDOW = 100
+"""Training episodes in ``train_return``: SB3's ``stats_window_size``, whose ``ep_info_buffer`` the runner reads."""
+
+
+class StackedRollout(NamedTuple):
+    """One rollout of every agent, ``(S, N, …)`` with ``N = n_envs · n_steps`` in SB3's order (environment-major)."""
+
+    observations: th.Tensor
+    actions: th.Tensor
+    old_values: th.Tensor
+    old_log_prob: th.Tensor
+    advantages: th.Tensor
+    returns: th.Tensor
+    old_logits: th.Tensor
+    """The rollout policy's normalised logits, for the exact KL."""
+    old_features: th.Tensor | None = None
+    """PFO's ``φ_old(s)``, ``(S, N, width)``, recorded with ``feature_drift_coef``."""
+
+
+def _constant(name: str, value: Any) -> float:
+    """A constant schedule's value; BatchedPPO has no schedules yet."""
+    if isinstance(value, str):  # rl-zoo3's "lin_<initial>", decaying to 0
+        raise ValueError(f"{name} is a schedule ({value!r}); BatchedPPO takes constant values only")
+    if callable(value):
+        start, end = float(value(1.0)), float(value(0.0))
+        if start != end:
+            raise ValueError(f"{name} is a schedule ({start} to {end}); BatchedPPO takes constant values only")
+        return start
+    return float(value)
+
+
+def batched_settings(model: PPO) -> dict[str, Any]:
+    """The ``BatchedPPO`` keyword arguments that train as this SB3 ``PPO`` or ``VariantPPO`` does (its options,
+    hyperparameters and optimiser), without ``seeds``: one call per arm of a study.
+
+    :raises ValueError: for what ``BatchedPPO`` cannot do yet: a schedule that changes, an optimiser other than
+        Adam, ESPO's stop after the violating step.
+    """
+    optimizer = model.policy.optimizer
+    if not isinstance(optimizer, th.optim.Adam):
+        raise ValueError(f"BatchedPPO runs Adam, the policy has {type(optimizer).__name__}")
+    if getattr(model, "ratio_change_stop", "before_step") != "before_step":
+        raise ValueError("BatchedPPO stops ESPO's epochs before the violating step only")
+    clip_range = _constant("clip_range", model.clip_range)
+    clip_range_vf = None if model.clip_range_vf is None else _constant("clip_range_vf", model.clip_range_vf)
+    settings: dict[str, Any] = dict(
+        learning_rate=_constant("learning_rate", model.learning_rate),
+        n_envs=model.n_envs,
+        n_steps=model.n_steps,
+        batch_size=model.batch_size,
+        n_epochs=model.n_epochs,
+        gamma=model.gamma,
+        gae_lambda=model.gae_lambda,
+        max_grad_norm=model.max_grad_norm,
+        target_kl=model.target_kl,
+        adam_betas=tuple(optimizer.defaults["betas"]),
+        adam_eps=optimizer.defaults["eps"],
+    )
+    if isinstance(model, VariantPPO):
+        clip_range_high = None
+        if model.clip_range_high is not None:
+            clip_range_high = _constant("clip_range_high", model.clip_range_high)
+        kl_trust_region = None
+        if model.kl_trust_region is not None:
+            kl_trust_region = _constant("kl_trust_region", model.kl_trust_region)
+        settings.update(
+            options=model._loss_options(clip_range, clip_range_high, clip_range_vf, kl_trust_region),
+            ratio_change_limit=model.ratio_change_limit,
+            kl_penalty_target=model.kl_penalty_target,
+            kl_adapt_factor=model.kl_adapt_factor,
+            kl_adapt_tolerance=model.kl_adapt_tolerance,
+        )
+    else:
+        settings["options"] = LossOptions(
+            clip_range=clip_range,
+            ent_coef=model.ent_coef,
+            vf_coef=model.vf_coef,
+            clip_range_vf=clip_range_vf,
+            normalize_advantage=model.normalize_advantage,
+        )
+    return settings
+
+
+def _in_dims(values: Any) -> Any:
+    """vmap's ``in_dims`` for a named tuple: the agent axis 0 where there is a tensor."""
+    return type(values)(*(None if value is None else 0 for value in values))
+
+
+def categorical_outputs(logits: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+    """Normalised logits, ``log π(a|s)`` and the entropy, as torch's ``Categorical`` computes them."""
+    normalised = logits - logits.logsumexp(dim=-1, keepdim=True)
+    log_prob = normalised.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    probs = th.softmax(normalised, dim=-1)
+    entropy = -(th.clamp(normalised, min=th.finfo(normalised.dtype).min) * probs).sum(-1)
+    return normalised, log_prob, entropy
+
+
+class BatchedPPO:
+    """``S`` PPO agents on ``CartPole-v1`` in lock-step, each with ``VariantPPO``'s loss and options.
+
+    :param seeds: one seed per agent: its initial parameters, actions, minibatches and environments.
+    :param learning_rate: Adam's learning rate, one for all or one per agent.
+    :param n_envs: environments per agent.
+    :param n_steps: steps per environment and rollout.
+    :param batch_size: minibatch size.
+    :param n_epochs: epochs per update.
+    :param gamma: discount factor.
+    :param gae_lambda: GAE's ``λ``.
+    :param max_grad_norm: gradient-norm clipping, per agent.
+    :param target_kl: SB3's early stopping on ``approx_kl > 1.5 target_kl``, per agent; ``None`` disables it.
+    :param ratio_change_limit: ESPO's early stopping on ``mean |r − 1|``, per agent; ``None`` disables it.
+    :param kl_penalty_target: ``d_targ`` of the adaptive KL penalty (with ``options.kl_coef``)
+    :param kl_adapt_factor: ``β``'s factor, as ``VariantPPO``'s
+    :param kl_adapt_tolerance: ``β``'s tolerance band, as ``VariantPPO``'s
+    :param options: the loss options shared by every agent (``LossOptions``; its clip ranges are constant).
+    :param agent_options: per-agent values of the options in ``AGENT_OPTIONS``, by name, one per agent.
+    :param shared_trunk: the actor and the critic share ``policies.MlpTrunk`` (64-64) with linear heads, as the
+        collapse study's ``-shared`` tasks; ``False``: SB3's ``MlpPolicy``, a separate 64-64 actor and critic
+    :param max_episode_steps: truncation of the episodes (``CartPole-v1``: 500)
+    :param adam_betas: Adam's ``(β1, β2)``, SB3's by default
+    :param adam_eps: Adam's ``ε``, SB3's PPO's by default (SB3 keeps torch's 1e-8 when ``optimizer_kwargs`` are given)
+    :param network: initial networks; ``None`` draws them with SB3's orthogonal initialisation.
+    """
+
+    def __init__(
+        self,
+        seeds: Sequence[int],
+        learning_rate: float | Sequence[float] = 3e-4,
+        n_envs: int = 1,
+        n_steps: int = 2048,
+        batch_size: int = 64,
+        n_epochs: int = 10,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        max_grad_norm: float = 0.5,
+        target_kl: float | None = None,
+        ratio_change_limit: float | None = None,
+        kl_penalty_target: float = 0.01,
+        kl_adapt_factor: float = 2.0,
+        kl_adapt_tolerance: float = 1.5,
+        options: LossOptions | None = None,
+        agent_options: Mapping[str, Sequence[float]] | None = None,
+        shared_trunk: bool = False,
+        max_episode_steps: int = 500,
+        adam_betas: tuple[float, float] = (0.9, 0.999),
+        adam_eps: float = 1e-5,
+        network: StackedActorCritic | None = None,
+    ) -> None:
+        self.seeds = list(seeds)
+        n_agents = len(self.seeds)
+        self.n_envs, self.n_steps, self.batch_size, self.n_epochs = n_envs, n_steps, batch_size, n_epochs
+        self.gamma, self.gae_lambda, self.max_grad_norm, self.target_kl = gamma, gae_lambda, max_grad_norm, target_kl
+        self.ratio_change_limit = ratio_change_limit
+        self.kl_penalty_target, self.kl_adapt_factor = kl_penalty_target, kl_adapt_factor
+        self.kl_adapt_tolerance = kl_adapt_tolerance
+        self.options = LossOptions(clip_range=0.2) if options is None else options
+        self.agent_options = {
+            name: th.as_tensor(values, dtype=th.float32) for name, values in (agent_options or {}).items()
+        }
+        for name, values in self.agent_options.items():
+            if name not in AGENT_OPTIONS:
+                raise ValueError(f"agent_options: {name!r} cannot differ between agents; allowed: {AGENT_OPTIONS}")
+            if values.shape != (n_agents,):
+                raise ValueError(f"agent_options[{name!r}] needs one value per agent ({n_agents}), got {values.shape}")
+            if name == "restoring_slope" and self.options.kl_trust_region is not None:
+                raise ValueError(
+                    "with kl_trust_region, α = 0 and α > 0 are different losses: run them as separate groups"
+                )
+            if getattr(self.options, name) is None:
+                raise ValueError(f"agent_options[{name!r}]: the shared options must turn {name} on")
+        if self.options.kl_coef is not None and "kl_coef" not in self.agent_options:
+            # β adapts per agent, once per rollout
+            self.agent_options["kl_coef"] = th.full((n_agents,), self.options.kl_coef)
+        self.generators = [th.Generator().manual_seed(seed) for seed in self.seeds]
+        self.max_episode_steps = max_episode_steps
+        # environment i of an agent seeded with seed + i, as SB3's make_vec_env seeds the SB3 runner's
+        self.env = CartPoleAgents(
+            [seed + index for seed in self.seeds for index in range(n_envs)], max_episode_steps=max_episode_steps
+        )
+        observation_shape = self.env.single_observation_space.shape
+        assert observation_shape is not None
+        observation_size = int(np.prod(observation_shape))
+        n_actions = int(self.env.single_action_space.n)  # type: ignore[attr-defined]
+        if network is None:
+            network = StackedActorCritic.initialise(
+                observation_size, n_actions, self.generators, shared_trunk=shared_trunk
+            )
+        self.network = network.requires_grad_()
+        rates = [learning_rate] * n_agents if isinstance(learning_rate, (int, float)) else list(learning_rate)
+        self.optimizer = StackedAdam(
+            [self.network.flat], th.tensor(rates, dtype=th.float64), betas=adam_betas, eps=adam_eps
+        )
+        self.pseudo_entropy_average: th.Tensor | None = None
+        self.failed = th.zeros(n_agents, dtype=th.bool)
+        self.failed_at: list[int | None] = [None] * n_agents
+        self.num_timesteps = 0
+        self.episode_returns: list[list[float]] = [[] for _ in range(n_agents)]
+        self.evaluations: list[list[dict[str, Any]]] = [[] for _ in range(n_agents)]
+        """Per agent, the SB3 runner's records: ``step``, ``eval_return``, ``eval_returns``, ``train_return``."""
+        self._eval_every: int | None = None
+        self._next_eval = 0
+        self._running_returns = np.zeros(n_agents * n_envs)
+        self._last_obs: th.Tensor | None = None
+        self._last_episode_starts = th.ones(n_agents, n_envs)
+
+    @property
+    def n_agents(self) -> int:
+        return len(self.seeds)
+
+    # ------------------------------------------------------------------ rollout
+
+    @staticmethod
+    def _sample(logits: th.Tensor, uniforms: th.Tensor) -> th.Tensor:
+        """Actions by inversion of the categorical CDF: the first ``a`` with ``u < Σ_{b≤a} π(b)``, ``(S, E)``."""
+        cumulative = th.softmax(logits, dim=-1).cumsum(dim=-1)
+        below = (uniforms.unsqueeze(-1) >= cumulative).sum(dim=-1)
+        return below.clamp(max=logits.shape[-1] - 1)
+
+    @th.no_grad()
+    def collect_rollout(self) -> StackedRollout:
+        """``n_steps`` steps of every agent's environments, with SB3's bootstrap on truncation, and GAE.
+
+        A failed agent's environments go on stepping (with uniform actions) so that the vector env stays whole.
+        """
+        n_agents, n_envs = self.n_agents, self.n_envs
+        failed_before = self.failed.clone()
+        if self._last_obs is None:
+            observations, _ = self.env.reset()
+            self._last_obs = th.as_tensor(observations).view(n_agents, n_envs, -1)
+        steps: dict[str, list[th.Tensor]] = {
+            key: []
+            for key in ("observations", "actions", "rewards", "starts", "values", "log_prob", "logits", "features")
+        }
+        dones = th.zeros(n_agents, n_envs)
+        # each agent's action noise for the whole rollout from its own generator: (T, S, E)
+        uniforms = th.stack([th.rand(self.n_steps, n_envs, generator=generator) for generator in self.generators], 1)
+        for step in range(self.n_steps):
+            logits, values, features = self.network.forward_with_features(self._last_obs)
+            self.failed |= ~(th.isfinite(logits).flatten(1).all(dim=1) & th.isfinite(values).all(dim=1))
+            logits = th.where(self.failed.view(-1, 1, 1), th.zeros_like(logits), logits)
+            actions = self._sample(logits, uniforms[step])
+            normalised, log_prob, _ = categorical_outputs(logits, actions)
+            observations, rewards, terminated, truncated, info = self.env.step(actions.flatten().numpy())
+            self._record_episodes(rewards, terminated | truncated)
+            self.num_timesteps += n_envs
+            rewards_t = th.as_tensor(rewards, dtype=th.float32).view(n_agents, n_envs)
+            bootstrap = th.as_tensor(truncated & ~terminated).view(n_agents, n_envs)
+            if bootstrap.any():  # timeouts bootstrap with the value function (SB3 GH issue #633)
+                final = th.as_tensor(info["final_observation"]).view(n_agents, n_envs, -1)
+                rewards_t = rewards_t + self.gamma * th.where(bootstrap, self.network.values(final), 0.0)
+            for key, value in zip(
+                steps,
+                (self._last_obs, actions, rewards_t, self._last_episode_starts, values, log_prob, normalised, features),
+                strict=True,
+            ):
+                steps[key].append(value)
+            dones = th.as_tensor(terminated | truncated, dtype=th.float32).view(n_agents, n_envs)
+            self._last_obs = th.as_tensor(observations).view(n_agents, n_envs, -1)
+            self._last_episode_starts = dones
+            if self._eval_every is not None and self.num_timesteps >= self._next_eval:
+                self._record_evaluation()
+        self._record_failures(failed_before)
+        records_features = self.options.feature_drift_coef is not None
+        # (T, S, E, ...)
+        stacked = {key: th.stack(values) for key, values in steps.items() if key != "features" or records_features}
+        advantages, returns = generalized_advantages(
+            stacked["rewards"],
+            stacked["values"],
+            stacked["starts"],
+            self.network.values(self._last_obs),
+            dones,
+            self.gamma,
+            self.gae_lambda,
+        )
+        return StackedRollout(
+            observations=self._flatten(stacked["observations"]),
+            actions=self._flatten(stacked["actions"]),
+            old_values=self._flatten(stacked["values"]),
+            old_log_prob=self._flatten(stacked["log_prob"]),
+            advantages=self._flatten(advantages),
+            returns=self._flatten(returns),
+            old_logits=self._flatten(stacked["logits"]),
+            old_features=self._flatten(stacked["features"]) if records_features else None,
+        )
+
+    @staticmethod
+    def _flatten(tensor: th.Tensor) -> th.Tensor:
+        """``(T, S, E, …)`` to ``(S, E·T, …)``, SB3's ``swap_and_flatten`` order for each agent."""
+        tensor = tensor.transpose(0, 1).transpose(1, 2)  # (S, E, T, ...)
+        return tensor.reshape(tensor.shape[0], -1, *tensor.shape[3:])
+
+    def _record_failures(self, failed_before: th.Tensor) -> None:
+        """The step of each agent that failed since ``failed_before`` (one synchronisation)."""
+        for agent in th.nonzero(self.failed & ~failed_before).flatten().tolist():
+            self.failed_at[agent] = self.num_timesteps
+
+    def _record_episodes(self, rewards: np.ndarray, done: np.ndarray) -> None:
+        self._running_returns += rewards
+        for index in np.flatnonzero(done):
+            self.episode_returns[index // self.n_envs].append(float(self._running_returns[index]))
+        self._running_returns[done] = 0.0
+
+    # ------------------------------------------------------------------ update
+
+    def _agent_loss(
+        self,
+        agent_options: dict[str, th.Tensor],
+        evaluation: PolicyEvaluation,
+        minibatch: Minibatch,
+        pseudo_entropy_average: th.Tensor | None,
+    ) -> tuple[th.Tensor, dict[str, th.Tensor]]:
+        """One agent's ``variant_ppo_loss``, its statistics as a dict of tensors (for vmap)."""
+        # inside vmap each per-agent option is a 0-d tensor, which the loss takes where it takes a number
+        options = (
+            dataclasses.replace(self.options, **cast(dict[str, Any], agent_options)) if agent_options else self.options
+        )
+        loss, statistics, average = variant_ppo_loss(options, evaluation, minibatch, pseudo_entropy_average)
+        outputs = {name: value for name, value in statistics._asdict().items() if value is not None}
+        if average is not None:
+            outputs["pseudo_entropy_average"] = th.as_tensor(average)
+        return loss, outputs
+
+    def stacked_loss(
+        self,
+        evaluation: PolicyEvaluation,
+        minibatch: Minibatch,
+        pseudo_entropy_average: th.Tensor | None = None,
+    ) -> tuple[th.Tensor, dict[str, th.Tensor]]:
+        """Every agent's loss ``(S,)`` and statistics, from stacked network outputs and minibatches."""
+        state_dim = None if pseudo_entropy_average is None else 0
+        return vmap(self._agent_loss, in_dims=(0, _in_dims(evaluation), _in_dims(minibatch), state_dim))(
+            self.agent_options, evaluation, minibatch, pseudo_entropy_average
+        )
+
+    def _evaluate(self, rollout: StackedRollout, index: th.Tensor) -> tuple[PolicyEvaluation, Minibatch]:
+        agents = th.arange(self.n_agents).unsqueeze(1)
+        logits, values, features = self.network.forward_with_features(rollout.observations[agents, index])
+        normalised, log_prob, entropy = categorical_outputs(logits, rollout.actions[agents, index])
+        pseudo_entropy = kl = None
+        if self.options.uses_pseudo_entropy:
+            pseudo_entropy = objectives.pseudo_entropy(th.softmax(normalised, dim=-1))
+        if self.options.uses_exact_kl:
+            kl = objectives.categorical_kl(rollout.old_logits[agents, index], normalised)
+        old_features = None
+        if self.options.feature_drift_coef is not None:
+            assert rollout.old_features is not None, "feature_drift_coef needs the rollout's features"
+            old_features = rollout.old_features[agents, index]
+        evaluation = PolicyEvaluation(
+            values, log_prob, entropy, pseudo_entropy, kl, features if old_features is not None else None
+        )
+        minibatch = Minibatch(
+            rollout.advantages[agents, index],
+            rollout.returns[agents, index],
+            rollout.old_values[agents, index],
+            rollout.old_log_prob[agents, index],
+            old_features,
+        )
+        return evaluation, minibatch
+
+    def update(self, rollout: StackedRollout, permutations: Sequence[th.Tensor] | None = None) -> dict[str, th.Tensor]:
+        """``n_epochs`` epochs of minibatch steps on every agent's rollout, each agent on its own permutation.
+
+        :param rollout: the agents' rollouts.
+        :param permutations: one ``(S, N)`` index tensor per epoch; ``None`` draws them from the agents' generators.
+        :return: the last minibatch's statistics, ``(S, …)``.
+        """
+        n_samples = rollout.advantages.shape[1]
+        parameters = self.optimizer.parameters
+        active = ~self.failed
+        failed_before = self.failed.clone()
+        statistics: dict[str, th.Tensor] = {}
+        kl_sum = kl_count = th.zeros(self.n_agents)
+        for epoch in range(self.n_epochs):
+            if not bool(active.any()):  # every agent stopped early or failed
+                break
+            # β adapts from the mean KL of the last epoch each agent took part in, as in VariantPPO.train()
+            kl_sum, kl_count = th.where(active, 0.0, kl_sum), th.where(active, 0.0, kl_count)
+            if permutations is None:
+                order = th.stack([th.randperm(n_samples, generator=generator) for generator in self.generators])
+            else:
+                order = permutations[epoch]
+            for start in range(0, n_samples, self.batch_size):
+                evaluation, minibatch = self._evaluate(rollout, order[:, start : start + self.batch_size])
+                losses, statistics = self.stacked_loss(evaluation, minibatch, self.pseudo_entropy_average)
+                if "pseudo_entropy_average" in statistics:
+                    new_average = statistics["pseudo_entropy_average"]
+                    previous = new_average if self.pseudo_entropy_average is None else self.pseudo_entropy_average
+                    self.pseudo_entropy_average = th.where(active, new_average, previous)
+                if "kl" in statistics:
+                    kl_sum = kl_sum + th.where(active, statistics["kl"].sum(dim=1), 0.0)
+                    kl_count = kl_count + th.where(active, float(statistics["kl"].shape[1]), 0.0)
+                if self.target_kl is not None:
+                    active = active & ~(statistics["approx_kl"] > 1.5 * self.target_kl)
+                if self.ratio_change_limit is not None:
+                    change = (statistics["ratio"] - 1.0).abs().mean(dim=1)
+                    active = active & ~(change > self.ratio_change_limit)
+                self.optimizer.zero_grad()
+                th.where(active, losses, th.zeros_like(losses)).sum().backward()
+                norms = clip_grad_norms([parameter.grad for parameter in parameters], self.max_grad_norm)  # type: ignore[misc]
+                broken = active & ~(th.isfinite(losses) & th.isfinite(norms))
+                self.failed |= broken
+                active = active & ~broken
+                self.optimizer.step(active)
+        self._record_failures(failed_before)
+        if self.options.kl_coef is not None:
+            self._adapt_kl_coefs(kl_sum / kl_count.clamp(min=1.0), kl_count > 0)
+        return statistics
+
+    def _adapt_kl_coefs(self, kl: th.Tensor, measured: th.Tensor) -> None:
+        """``objectives.adapt_kl_coef`` for each agent that measured a KL, floored as in ``VariantPPO``."""
+        coefficients = self.agent_options["kl_coef"]
+        for agent, (coefficient, agent_kl, ok) in enumerate(
+            zip(coefficients.tolist(), kl.tolist(), measured.tolist(), strict=True)
+        ):
+            if ok and not self.failed[agent]:
+                adapted = objectives.adapt_kl_coef(
+                    coefficient, agent_kl, self.kl_penalty_target, self.kl_adapt_factor, self.kl_adapt_tolerance
+                )
+                coefficients[agent] = max(adapted, KL_COEF_FLOOR)
+
+    @th.no_grad()
+    def evaluate(self, n_episodes: int | None = None, seed_offset: int | None = None) -> th.Tensor:
+        """Returns of greedy episodes played in parallel, one per environment, as the SB3 runner evaluates.
+
+        Agent ``k``'s environment ``i`` is seeded ``seed_offset + seed_k + i``, as the runner's ``DummyVecEnv``;
+        the action is the most probable one (SB3's ``deterministic=True``).
+
+        :param n_episodes: episodes per agent (default: the runner's ``N_EVAL_EPISODES``).
+        :param seed_offset: default: the runner's ``EVAL_SEED_OFFSET``.
+        :return: ``(S, n_episodes)``; NaN for a failed agent.
+        """
+        from sb3_ppo_variants.benchmark.runs import EVAL_SEED_OFFSET, N_EVAL_EPISODES
+
+        n_episodes = N_EVAL_EPISODES if n_episodes is None else n_episodes
+        seed_offset = EVAL_SEED_OFFSET if seed_offset is None else seed_offset
+        env = CartPoleAgents(
+            [seed_offset + seed + index for seed in self.seeds for index in range(n_episodes)],
+            max_episode_steps=self.max_episode_steps,
+        )
+        observations, _ = env.reset()
+        returns = np.zeros(env.num_envs)
+        finished = np.zeros(env.num_envs, dtype=bool)
+        while not finished.all():
+            logits, _ = self.network.forward(th.as_tensor(observations).view(self.n_agents, n_episodes, -1))
+            actions = th.softmax(logits, dim=-1).argmax(dim=-1)
+            observations, rewards, terminated, truncated, _ = env.step(actions.flatten().numpy())
+            returns += np.where(finished, 0.0, rewards)
+            finished |= terminated | truncated
+        result = th.as_tensor(returns).view(self.n_agents, n_episodes)
+        result[self.failed] = float("nan")
+        return result
+
+    def _record_evaluation(self) -> None:
+        returns = self.evaluate()
+        for agent, agent_returns in enumerate(returns.tolist()):
+            recent = self.episode_returns[agent][-TRAIN_RETURN_WINDOW:]
+            self.evaluations[agent].append(
+                {
+                    "step": self.num_timesteps,
+                    "eval_return": float(np.mean(agent_returns)),
+                    "eval_returns": [round(value, 2) for value in agent_returns],
+                    "train_return": float(np.mean(recent)) if recent else None,
+                }
+            )
+        if self._eval_every is not None:
+            self._next_eval += self._eval_every
+
+    def learn(self, total_timesteps: int, eval_every: int | None = None) -> BatchedPPO:
+        """Rollouts and updates until every agent has taken ``total_timesteps`` environment steps.
+
+        :param total_timesteps: environment steps per agent.
+        :param eval_every: evaluate every agent (``evaluate``) at the start, as soon as its step count reaches
+            each multiple of ``eval_every`` and at the end, as the SB3 runner's ``PeriodicEvaluation``;
+            ``None``: no evaluation.
+        """
+        self._eval_every = eval_every
+        if eval_every is not None:
+            self._next_eval = self.num_timesteps
+            self._record_evaluation()
+        while self.num_timesteps < total_timesteps:
+            self.update(self.collect_rollout())
+        if eval_every is not None and self.evaluations[0][-1]["step"] != self.num_timesteps:
+            self._record_evaluation()
+        return self
