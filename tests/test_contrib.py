@@ -406,7 +406,7 @@ def test_recurrent_logit_learns_cartpole_without_velocities():
     from stable_baselines3.common.vec_env import VecNormalize
 
     # sb3-contrib's RecurrentPPO test_ppo_lstm_performance: its settings and budget of 50k steps (reward 450 of
-    # 500 there); a policy without memory gets about 50 on this task, so 150 needs the LSTM
+    # 500 there); a policy without memory gets about 50 on this task. Seeds 1 and 2 scored 500 and 425 (2026-12).
     scores = []
     for seed in (1, 2):
         env = VecNormalize(make_vec_env("CartPoleNoVel-v1", n_envs=8, seed=seed))
@@ -426,4 +426,4 @@ def test_recurrent_logit_learns_cartpole_without_velocities():
         model.learn(50_000)
         env.training, env.norm_reward = False, False
         scores.append(evaluate_policy(model, env, n_eval_episodes=20)[0])
-    assert sum(scores) / len(scores) >= 150, scores
+    assert sum(scores) / len(scores) >= 300, scores
