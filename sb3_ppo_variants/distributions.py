@@ -15,6 +15,9 @@ How the maths extends beyond a single categorical action:
   SB3 stores as the old log-probability.
 - **Box**: a Gaussian density is not a probability, so neither ``H'`` nor the logit target
   is defined; asking for them raises at construction.
+- **Masked** (sb3-contrib's MaskablePPO): an invalid action's logit is ``-1e8``, so its probability
+  is exactly 0 in float32 and it adds nothing to ``H'`` or to the KL. A MultiBinary action is masked
+  as one two-way categorical per component, whose ``H'_i = 2p_i(1 − p_i)`` is the Bernoulli one.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ from typing import Any
 import numpy as np
 import torch as th
 from gymnasium import spaces
+from sb3_contrib.common.maskable.distributions import (
+    MaskableCategoricalDistribution,
+    MaskableMultiCategoricalDistribution,
+)
 from stable_baselines3.common.distributions import (
     BernoulliDistribution,
     CategoricalDistribution,
@@ -45,18 +52,20 @@ from sb3_ppo_variants.objectives import (
 PROBABILITY_SPACES = (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 
 
-def distribution_parameter_size(action_space: spaces.Space) -> int:
+def distribution_parameter_size(action_space: spaces.Space, masked: bool = False) -> int:
     """Width of ``distribution_parameters`` for SB3's distribution over this action space.
 
     :param action_space: the environment's action space.
-    :return: ``n`` (Discrete, MultiBinary), ``Σ nvec`` (MultiDiscrete) or ``2 · dim`` (Box: mean and std).
+    :param masked: sb3-contrib's masked distributions, whose MultiBinary is one two-way categorical per component.
+    :return: ``n`` (Discrete, MultiBinary; ``2 n`` masked), ``Σ nvec`` (MultiDiscrete) or ``2 · dim`` (Box: mean
+        and std).
     """
     if isinstance(action_space, spaces.Discrete):
         return int(action_space.n)
     if isinstance(action_space, spaces.MultiDiscrete):
         return int(sum(action_space.nvec))
     if isinstance(action_space, spaces.MultiBinary):
-        return int(np.prod(action_space.shape))
+        return (2 if masked else 1) * int(np.prod(action_space.shape))
     if isinstance(action_space, spaces.Box):
         return 2 * int(np.prod(action_space.shape))
     raise TypeError(f"no parameter layout for the action space {action_space}")
@@ -71,6 +80,24 @@ def has_action_probabilities(action_space: spaces.Space) -> bool:
     return isinstance(action_space, PROBABILITY_SPACES)
 
 
+def _categorical_components(distribution: Distribution) -> list[Categorical] | None:
+    """The torch categoricals of a multi-categorical distribution (SB3's, or sb3-contrib's masked one)."""
+    if isinstance(distribution, MultiCategoricalDistribution):
+        return distribution.distribution
+    if isinstance(distribution, MaskableMultiCategoricalDistribution):
+        return distribution.distributions  # type: ignore[return-value]
+    return None
+
+
+def distribution_batch_size(distribution: Distribution) -> int | None:
+    """How many states an SB3 distribution's parameters are set for (``None`` before they are set)."""
+    components = _categorical_components(distribution)
+    if components is not None:
+        return components[0].batch_shape[0] if components else None
+    torch_distribution = getattr(distribution, "distribution", None)
+    return None if torch_distribution is None else torch_distribution.batch_shape[0]
+
+
 def action_pseudo_entropy(distribution: Distribution) -> th.Tensor:
     """Per-state pseudo-entropy ``H'(s)`` of an SB3 action distribution.
 
@@ -78,11 +105,11 @@ def action_pseudo_entropy(distribution: Distribution) -> th.Tensor:
         whose parameters have been set by a forward pass.
     :return: ``H'`` with shape ``(batch,)``.
     """
-    if isinstance(distribution, CategoricalDistribution):
+    if isinstance(distribution, CategoricalDistribution | MaskableCategoricalDistribution):
         return pseudo_entropy(distribution.distribution.probs)
-    if isinstance(distribution, MultiCategoricalDistribution):
-        components = th.stack([pseudo_entropy(component.probs) for component in distribution.distribution], dim=-1)
-        return joint_pseudo_entropy(components)
+    components = _categorical_components(distribution)
+    if components is not None:
+        return joint_pseudo_entropy(th.stack([pseudo_entropy(component.probs) for component in components], dim=-1))
     if isinstance(distribution, BernoulliDistribution):
         return joint_pseudo_entropy(bernoulli_pseudo_entropy(distribution.distribution.probs))
     raise ValueError(
@@ -112,9 +139,10 @@ def distribution_parameters(distribution: Distribution) -> th.Tensor:
     :param distribution: an SB3 distribution whose parameters have been set.
     :return: the detached parameters.
     """
+    components = _categorical_components(distribution)
+    if components is not None:
+        return th.cat([component.logits for component in components], dim=-1).detach()
     torch_distribution: Any = distribution.distribution
-    if isinstance(torch_distribution, list):
-        return th.cat([component.logits for component in torch_distribution], dim=-1).detach()
     if isinstance(torch_distribution, Categorical | Bernoulli):
         return torch_distribution.logits.detach()
     if isinstance(torch_distribution, Normal):
@@ -132,12 +160,13 @@ def exact_kl(old_parameters: th.Tensor, distribution: Distribution) -> th.Tensor
     :param distribution: the current SB3 distribution, with gradient.
     :return: KL with shape ``(batch,)``.
     """
-    current: Any = distribution.distribution
-    if isinstance(current, list):
-        splits = th.split(old_parameters, [component.logits.shape[-1] for component in current], dim=-1)
+    components = _categorical_components(distribution)
+    if components is not None:
+        splits = th.split(old_parameters, [component.logits.shape[-1] for component in components], dim=-1)
         return th.stack(
-            [categorical_kl(old, new.logits) for old, new in zip(splits, current, strict=True)], dim=-1
+            [categorical_kl(old, new.logits) for old, new in zip(splits, components, strict=True)], dim=-1
         ).sum(dim=-1)
+    current: Any = distribution.distribution
     if isinstance(current, Categorical):
         return categorical_kl(old_parameters, current.logits)
     if isinstance(current, Bernoulli):

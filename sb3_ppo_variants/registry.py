@@ -1,8 +1,10 @@
 """Every variant named once: its class, rl-zoo3 id, label and sampler.
 
 The package's exports, the zoo's ids, samplers and shipped files, and the benchmark's algorithm list
-are all read from ``VARIANTS``. Benchmark-only configurations (an option of ``VariantPPO`` without a
-preset of its own, or an SB3 recipe) are in ``CONFIGURATIONS``.
+are all read from ``VARIANTS`` (``VariantPPO`` and its presets). ``CONTRIB_VARIANTS`` holds the same options
+over sb3-contrib's MaskablePPO and RecurrentPPO; they need masked or recurrent tasks, so the exports and the
+zoo read them (``ZOO_VARIANTS``) and the benchmark's PPO tasks do not. Benchmark-only configurations (an
+option of ``VariantPPO`` without a preset of its own, or an SB3 recipe) are in ``CONFIGURATIONS``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sb3_ppo_variants.contrib import MaskableVariantPPO, RecurrentVariantPPO
 from sb3_ppo_variants.variant_ppo import (
     SPOPPO,
     TRPPO,
@@ -19,6 +22,7 @@ from sb3_ppo_variants.variant_ppo import (
     PeakedPPO,
     RescaledPPO,
     TrulyPPO,
+    VariantAlgorithm,
     VariantPPO,
 )
 
@@ -28,14 +32,14 @@ class Variant:
     """One algorithm of this package.
 
     :param name: short name in benchmark tables, plots and file names
-    :param algorithm_class: the class (``VariantPPO`` or a preset)
+    :param algorithm_class: the class (``VariantPPO``, a preset or an sb3-contrib class with the options)
     :param zoo_id: its rl-zoo3 algorithm id (``hyperparams/<zoo_id>.yml``)
     :param label: how plots and tables name it
     :param sampler: name of its Optuna sampler in ``sb3_ppo_variants.zoo.samplers``
     """
 
     name: str
-    algorithm_class: type[VariantPPO]
+    algorithm_class: type[VariantAlgorithm]
     zoo_id: str
     label: str
     sampler: str
@@ -69,6 +73,14 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("tr_ppo", TRPPO, "ppo_tr", "TRPPO", "sample_tr_params"),
 )
 
+CONTRIB_VARIANTS: tuple[Variant, ...] = (
+    Variant("mask", MaskableVariantPPO, "ppo_mask_variant", "MaskableVariantPPO", "sample_mask_variant_params"),
+    Variant("lstm", RecurrentVariantPPO, "ppo_lstm_variant", "RecurrentVariantPPO", "sample_lstm_variant_params"),
+)
+
+ZOO_VARIANTS: tuple[Variant, ...] = VARIANTS + CONTRIB_VARIANTS
+"""Every class of the package, as the exports and rl-zoo3 list them."""
+
 ADAM_EQUAL_BETAS = {"optimizer_kwargs": {"betas": (0.99, 0.99)}}
 """Adam with ``β1 = β2`` (Dohare et al. 2023, "Overcoming Policy Collapse in Deep RL"), as SB3 ``policy_kwargs``."""
 
@@ -83,4 +95,4 @@ CONFIGURATIONS: tuple[Configuration, ...] = (
     Configuration("adam_equal_betas", None, "PPO, Adam β1 = β2", {"policy_kwargs": ADAM_EQUAL_BETAS}),
 )
 
-BY_ZOO_ID: dict[str, Variant] = {variant.zoo_id: variant for variant in VARIANTS}
+BY_ZOO_ID: dict[str, Variant] = {variant.zoo_id: variant for variant in ZOO_VARIANTS}

@@ -62,7 +62,7 @@ from doc_blocks import (
     yaml_file,
 )
 
-from sb3_ppo_variants.registry import VARIANTS
+from sb3_ppo_variants.registry import ZOO_VARIANTS
 
 # (document, how the block's first line begins, why it does not run here)
 NOT_RUN_HERE = [
@@ -236,7 +236,7 @@ def test_the_shrinking_rules():
 
 
 def test_the_docs_name_every_zoo_id():
-    ids = {variant.zoo_id for variant in VARIANTS}
+    ids = {variant.zoo_id for variant in ZOO_VARIANTS}
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Use with rl-zoo3") :]
     introduction = section[: section.index("```")]

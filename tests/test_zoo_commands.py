@@ -13,7 +13,14 @@ import sb3_ppo_variants
 from sb3_ppo_variants.zoo import ALGORITHM_CLASS_NAMES
 
 IDS = sorted(ALGORITHM_CLASS_NAMES)
-TRAIN_FLAGS = ["--env", "CartPole-v1", "-n", "256", "--eval-freq", "-1", "--seed", "1", "--log-interval", "-1"]
+TRAIN_FLAGS = ["-n", "256", "--eval-freq", "-1", "--seed", "1", "--log-interval", "-1"]
+# MaskablePPO needs a task with action masks: sb3-contrib's, registered by a module of this package
+ENVS = {"ppo_mask_variant": "InvalidActionEnvMultiDiscrete-v0"}
+ENV_FLAGS = {"ppo_mask_variant": ["--gym-packages", "sb3_ppo_variants.zoo.masked_envs"]}
+
+
+def _env_flags(algo_id: str) -> list[str]:
+    return ["--env", ENVS.get(algo_id, "CartPole-v1"), *ENV_FLAGS.get(algo_id, [])]
 
 
 def _console_script(zoo) -> list[str]:
@@ -24,13 +31,14 @@ def _console_script(zoo) -> list[str]:
 
 @pytest.fixture(scope="module")
 def trained(zoo, tmp_path_factory):
-    """One short CartPole run per id (two at a time); ppo_peaked through the ``rl_zoo3 train`` console script."""
+    """One short run per id on CartPole (a masked task for MaskablePPO), two at a time; ppo_peaked through the
+    ``rl_zoo3 train`` console script."""
     workdir = tmp_path_factory.mktemp("zoo_runs")
     commands = {
         algo_id: (
-            [*_console_script(zoo), "train", "--algo", algo_id, *TRAIN_FLAGS]
+            [*_console_script(zoo), "train", "--algo", algo_id, *_env_flags(algo_id), *TRAIN_FLAGS]
             if algo_id == "ppo_peaked"
-            else zoo.command("train", "--algo", algo_id, *TRAIN_FLAGS)
+            else zoo.command("train", "--algo", algo_id, *_env_flags(algo_id), *TRAIN_FLAGS)
         )
         for algo_id in IDS
     }
@@ -42,7 +50,7 @@ def replayed(zoo, trained):
     """``rl_zoo3.enjoy`` on each trained id (two at a time)."""
     workdir, results = trained
     commands = {
-        algo_id: zoo.command("enjoy", "--algo", algo_id, *"--env CartPole-v1 -f logs/ -n 200 --no-render".split())
+        algo_id: zoo.command("enjoy", "--algo", algo_id, *_env_flags(algo_id), *"-f logs/ -n 200 --no-render".split())
         for algo_id, result in results.items()
         if result.returncode == 0
     }
@@ -71,11 +79,12 @@ def test_train_uses_the_shipped_file_and_saves_the_class(algo_id, trained, zoo):
     config_path = Path(re.search(r"Loading hyperparameters from: (\S+)", stdout).group(1))
     assert config_path.parts[-2:] == ("hyperparams", f"{algo_id}.yml")
     assert config_path.read_text() == sb3_ppo_variants.zoo.hyperparams_file(algo_id).read_text()
-    run = workdir / "logs" / algo_id / "CartPole-v1_1"
-    config = dict(yaml.load((run / "CartPole-v1" / "config.yml").read_text(), Loader=yaml.UnsafeLoader))
-    shipped_entry = yaml.safe_load(sb3_ppo_variants.zoo.hyperparams_file(algo_id).read_text())["CartPole-v1"]
+    env_id = ENVS.get(algo_id, "CartPole-v1")
+    run = workdir / "logs" / algo_id / f"{env_id}_1"
+    config = dict(yaml.load((run / env_id / "config.yml").read_text(), Loader=yaml.UnsafeLoader))
+    shipped_entry = yaml.safe_load(sb3_ppo_variants.zoo.hyperparams_file(algo_id).read_text())[env_id]
     assert config == shipped_entry
-    model = getattr(sb3_ppo_variants, ALGORITHM_CLASS_NAMES[algo_id]).load(run / "CartPole-v1.zip", device="cpu")
+    model = getattr(sb3_ppo_variants, ALGORITHM_CLASS_NAMES[algo_id]).load(run / f"{env_id}.zip", device="cpu")
     assert type(model).__name__ == ALGORITHM_CLASS_NAMES[algo_id]
     assert model.num_timesteps == 256
 
@@ -86,7 +95,8 @@ def test_enjoy_replays_each_id(algo_id, trained, replayed, zoo):
     assert trained[1][algo_id].returncode == 0, "training failed: see test_train_uses_the_shipped_file_..."
     result = replayed[algo_id]
     assert result.returncode == 0, zoo.describe(result)
-    assert f"Loading logs/{algo_id}/CartPole-v1_1/CartPole-v1.zip" in result.stdout
+    env_id = ENVS.get(algo_id, "CartPole-v1")
+    assert f"Loading logs/{algo_id}/{env_id}_1/{env_id}.zip" in result.stdout
     assert "Episode Reward:" in result.stdout
 
 
@@ -119,6 +129,17 @@ def test_pong_with_cnn_policy_for_a_few_hundred_steps(zoo, tmp_path):
     assert model.num_timesteps == 512
     assert model.observation_space.shape == (4, 84, 84)  # frame stack of 4, channel first
     assert type(model.policy.features_extractor).__name__ == "NatureCNN"
+
+
+@pytest.mark.slow
+def test_the_lstm_id_trains_cartpole_with_the_logit_target(zoo, tmp_path):
+    command = zoo.command("train", "--algo", "ppo_lstm_variant", "--env", "CartPole-v1", *TRAIN_FLAGS)
+    result = zoo.run([*command, "--hyperparams", "delta_target_policy:'logit'"], cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, zoo.describe(result)
+    run = tmp_path / "logs" / "ppo_lstm_variant" / "CartPole-v1_1"
+    model = sb3_ppo_variants.RecurrentVariantPPO.load(run / "CartPole-v1.zip", device="cpu")
+    assert model.delta_target_policy == "logit" and model.num_timesteps == 256
+    assert type(model.policy).__name__ == "RecurrentActorCriticPolicy"
 
 
 def _class_message(**options) -> str:

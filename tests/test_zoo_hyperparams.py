@@ -10,6 +10,7 @@ from gymnasium import spaces
 from rl_zoo3.exp_manager import ExperimentManager
 
 import sb3_ppo_variants
+import sb3_ppo_variants.zoo.masked_envs  # registers sb3-contrib's masked tasks
 from sb3_ppo_variants.zoo import ALGORITHM_CLASS_NAMES, hyperparams_file, register
 from sb3_ppo_variants.zoo.validation import InvalidHyperparameters
 
@@ -27,6 +28,16 @@ ZOO_KEYS = {
     "env_kwargs",
 }
 REQUIRED_SECTIONS = ["CartPole-v1", "Acrobot-v1", "LunarLander-v3", "MountainCar-v0", "atari", "default"]
+# the sb3-contrib classes: the tasks of sb3-contrib's MaskablePPO tests and of rl-zoo3's ppo_lstm.yml
+CONTRIB_SECTIONS = {
+    "ppo_mask_variant": [
+        "InvalidActionEnvDiscrete-v0",
+        "InvalidActionEnvMultiDiscrete-v0",
+        "InvalidActionEnvMultiBinary-v0",
+        "default",
+    ],
+    "ppo_lstm_variant": ["CartPole-v1", "PendulumNoVel-v1", "Acrobot-v1", "atari", "default"],
+}
 # the environment each section is exercised on; "default" on ids absent from every file
 SECTION_ENVS = {
     "CartPole-v1": ["CartPole-v1"],
@@ -34,11 +45,19 @@ SECTION_ENVS = {
     "LunarLander-v3": ["LunarLander-v3"],
     "MountainCar-v0": ["MountainCar-v0"],
     "Pendulum-v1": ["Pendulum-v1"],
+    "PendulumNoVel-v1": ["PendulumNoVel-v1"],
+    "InvalidActionEnvDiscrete-v0": ["InvalidActionEnvDiscrete-v0"],
+    "InvalidActionEnvMultiDiscrete-v0": ["InvalidActionEnvMultiDiscrete-v0"],
+    "InvalidActionEnvMultiBinary-v0": ["InvalidActionEnvMultiBinary-v0"],
     "atari": ["PongNoFrameskip-v4"],
     "default": ["CartPole-v0", "MountainCarContinuous-v0"],
 }
 # the options that need action probabilities, so a Box action space
 NEEDS_DISCRETE_ACTIONS = {"ppo_logit", "ppo_rescaled"}
+# the ids whose class itself supports no Box action space (MaskablePPO)
+NO_BOX_ACTIONS = {"ppo_mask_variant"}
+BOX_ENVS = ("Pendulum-v1", "MountainCarContinuous-v0", "PendulumNoVel-v1")
+SOURCES = ("rl-zoo3's ppo.yml", "rl-zoo3's ppo_lstm.yml", "sb3-contrib's MaskablePPO")
 
 
 def _load(algo_id):
@@ -68,6 +87,9 @@ def _cases():
 def test_each_file_has_the_required_sections_in_the_zoo_order():
     for algo_id in IDS:
         sections = list(_load(algo_id))
+        if algo_id in CONTRIB_SECTIONS:
+            assert sections == CONTRIB_SECTIONS[algo_id], algo_id
+            continue
         expected = REQUIRED_SECTIONS[:-2]
         if algo_id not in NEEDS_DISCRETE_ACTIONS:
             expected = [*expected, "Pendulum-v1"]
@@ -102,7 +124,7 @@ def test_every_entry_says_where_it_comes_from():
                 for word in ("study", "trials", "timesteps"):
                     assert word in comment.lower(), f"{algo_id}.yml {line} claims tuning without its {word}"
             else:
-                assert "rl-zoo3's ppo.yml" in comment, f"{algo_id}.yml {line}: {comment}"
+                assert any(source in comment for source in SOURCES), f"{algo_id}.yml {line}: {comment}"
 
 
 def _experiment(algo_id, env_id, tmp_path, **kwargs):
@@ -116,9 +138,10 @@ def test_each_entry_builds_its_model_through_the_zoo(algo_id, section, env_id, t
     register()
     experiment = _experiment(algo_id, env_id, tmp_path)
     assert experiment.config == str(hyperparams_file(algo_id))
-    is_box = env_id in ("Pendulum-v1", "MountainCarContinuous-v0")
-    if is_box and algo_id in NEEDS_DISCRETE_ACTIONS:
-        with pytest.raises(InvalidHyperparameters, match="needs action probabilities"):
+    is_box = env_id in BOX_ENVS
+    if is_box and algo_id in NEEDS_DISCRETE_ACTIONS | NO_BOX_ACTIONS:
+        refusal = "only supports" if algo_id in NO_BOX_ACTIONS else "needs action probabilities"
+        with pytest.raises(InvalidHyperparameters, match=refusal):
             experiment.setup_experiment()
         assert not (tmp_path / "logs").exists()
         return

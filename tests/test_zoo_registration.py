@@ -52,7 +52,8 @@ def test_interpreter_start_arms_the_hook_without_heavy_imports(zoo, tmp_path):
 def test_importing_rl_zoo3_registers_every_id(zoo, tmp_path):
     tables, result = _tables(zoo, tmp_path)
     for algo_id, class_name in ALGORITHM_CLASS_NAMES.items():
-        assert tables["algos"][algo_id] == f"sb3_ppo_variants.variant_ppo.{class_name}"
+        module = "contrib" if algo_id in ("ppo_mask_variant", "ppo_lstm_variant") else "variant_ppo"
+        assert tables["algos"][algo_id] == f"sb3_ppo_variants.{module}.{class_name}"
         assert algo_id in tables["samplers"]
         assert algo_id in tables["converters"]
     assert tables["algos"]["ppo"] == "stable_baselines3.ppo.ppo.PPO"

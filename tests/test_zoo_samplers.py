@@ -13,7 +13,8 @@ from sb3_ppo_variants.zoo.validation import check_constructor_arguments
 IDS = sorted(ALGORITHM_CLASS_NAMES)
 OBSERVATIONS = spaces.Box(-1.0, 1.0, (4,))
 ACTION_SPACES = {"discrete": (spaces.Discrete(3), 0), "box": (spaces.Box(-1.0, 1.0, (2,)), 2)}
-ACCEPTS_BOX = {"ppo_variant", "ppo_peaked", "ppo_spo", "ppo_kl", "ppo_truly", "ppo_dual_clip"}
+ACCEPTS_BOX = {"ppo_variant", "ppo_peaked", "ppo_spo", "ppo_kl", "ppo_truly", "ppo_dual_clip", "ppo_lstm_variant"}
+POLICIES = {"ppo_lstm_variant": "MlpLstmPolicy"}
 N_TRIALS = 60
 
 
@@ -54,7 +55,8 @@ def test_every_sample_is_accepted_by_the_class_and_reproduced_by_the_converter(a
         assert ZOO_PPO_PARAMS - {"clip_range"} <= set(params)
         # --trial-id rebuilds the constructor arguments from trial.params alone
         assert CONVERTERS[algo_id](params) == hyperparams
-        check_constructor_arguments(algorithm, {"policy": "MlpPolicy", **hyperparams}, OBSERVATIONS, action_space, 4)
+        policy = POLICIES.get(algo_id, "MlpPolicy")
+        check_constructor_arguments(algorithm, {"policy": policy, **hyperparams}, OBSERVATIONS, action_space, 4)
 
 
 def test_variant_sampler_combines_every_modification_on_discrete_actions():

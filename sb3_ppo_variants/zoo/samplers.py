@@ -19,7 +19,7 @@ from typing import Any
 
 import optuna
 
-from sb3_ppo_variants.registry import VARIANTS
+from sb3_ppo_variants.registry import ZOO_VARIANTS
 
 Sampler = Callable[[optuna.Trial, int, int, dict], dict[str, Any]]
 Converter = Callable[[dict[str, Any]], dict[str, Any]]
@@ -135,11 +135,9 @@ def _convert(params: dict[str, Any]) -> dict[str, Any]:
     return convert_variant_options(convert_onpolicy_params(params))
 
 
-def sample_variant_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
-    """VariantPPO: the PPO space plus which modifications to combine, the restoring slope and the smoothing."""
-    hyperparams = _ppo_space(trial, n_actions, n_envs, additional_args)
+def _variant_options(trial: optuna.Trial, discrete_actions: bool) -> dict[str, Any]:
+    """Which modifications of ``VariantPPO`` to combine, with their own parameters, as constructor arguments."""
     options: dict[str, Any] = {}
-    discrete_actions = n_actions == 0
     if discrete_actions:
         rescaling = trial.suggest_categorical("value_grad_rescaling", VALUE_GRAD_RESCALINGS)
         options["value_grad_rescaling"] = rescaling
@@ -173,7 +171,34 @@ def sample_variant_params(trial: optuna.Trial, n_actions: int, n_envs: int, addi
         options["ratio_change_limit"] = trial.suggest_float("ratio_change_limit", 0.05, 0.5, log=True)
     if trial.suggest_categorical("pfo", [False, True]):
         options["feature_drift_coef"] = trial.suggest_float("feature_drift_coef", 0.01, 10.0, log=True)
-    return {**hyperparams, **convert_variant_options(options)}
+    return convert_variant_options(options)
+
+
+def sample_variant_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
+    """VariantPPO: the PPO space plus which modifications to combine, the restoring slope and the smoothing."""
+    hyperparams = _ppo_space(trial, n_actions, n_envs, additional_args)
+    return {**hyperparams, **_variant_options(trial, discrete_actions=n_actions == 0)}
+
+
+def sample_mask_variant_params(
+    trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict
+) -> dict[str, Any]:
+    """MaskableVariantPPO: the PPO space (rl-zoo3 has no MaskablePPO sampler) plus ``VariantPPO``'s options.
+
+    MaskablePPO's actions are always Discrete, MultiDiscrete or MultiBinary.
+    """
+    hyperparams = _ppo_space(trial, n_actions, n_envs, additional_args)
+    return {**hyperparams, **_variant_options(trial, discrete_actions=True)}
+
+
+def sample_lstm_variant_params(
+    trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict
+) -> dict[str, Any]:
+    """RecurrentVariantPPO: rl-zoo3's RecurrentPPO space (``sample_ppo_lstm_params``) plus ``VariantPPO``'s options."""
+    from rl_zoo3.hyperparams_opt import sample_ppo_lstm_params
+
+    hyperparams = sample_ppo_lstm_params(trial, n_actions, n_envs, additional_args)
+    return {**hyperparams, **_variant_options(trial, discrete_actions=n_actions == 0)}
 
 
 def sample_logit_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
@@ -226,6 +251,6 @@ def sample_dual_clip_params(trial: optuna.Trial, n_actions: int, n_envs: int, ad
     return {**hyperparams, **_suggest_dual_clip(trial)}
 
 
-SAMPLERS: dict[str, Sampler] = {variant.zoo_id: globals()[variant.sampler] for variant in VARIANTS}
+SAMPLERS: dict[str, Sampler] = {variant.zoo_id: globals()[variant.sampler] for variant in ZOO_VARIANTS}
 
 CONVERTERS: dict[str, Converter] = {algo: _convert for algo in SAMPLERS}
