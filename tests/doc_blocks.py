@@ -90,7 +90,10 @@ def _first(args: list[str], names: tuple[str, ...], default: str | None = None) 
     span = _find(args, names)
     if span is None:
         return args if default is None else [*args, names[0], default]
-    return _set(args, names, *args[span[0] + 1 : span[0] + 2])
+    first = args[span[0] + 1 : span[0] + 2]
+    if first == ["$(seq"] and span[0] + 2 < len(args):  # ``$(seq 0 29)``: its first number
+        first = [args[span[0] + 2].rstrip(")")]
+    return _set(args, names, *first)
 
 
 def _add_flag(args: list[str], flag: str) -> list[str]:

@@ -221,6 +221,10 @@ def test_the_shrinking_rules():
         f"python -m sb3_ppo_variants.benchmark collapse --lr-scales 1 --seeds 0 --threads 1 --timesteps {BUDGET} "
         "--algorithms ppo --workers 1"
     )
+    assert shrink("python -m sb3_ppo_variants.benchmark collapse --engine batched --seeds $(seq 3 29)") == (
+        f"python -m sb3_ppo_variants.benchmark collapse --engine batched --seeds 3 --timesteps {BUDGET} "
+        "--algorithms ppo --workers 1"
+    )
     assert shrink("OMP_NUM_THREADS=1 python -m sb3_ppo_variants.benchmark report --runs r --output o") == (
         "OMP_NUM_THREADS=1 python -m sb3_ppo_variants.benchmark report --runs r --output o --bootstrap-reps 50"
     )
