@@ -158,8 +158,19 @@ SHARED_TRUNK: dict[str, Any] = dict(
 )
 
 
-def _pilot(env_id: str, shared: bool, random_score: float, max_score: float, threshold: float) -> Task:
-    hyperparameters = dict(PILOT_HYPERPARAMETERS)
+# rl-zoo3's CartPole-v1 rollout shape (8 envs × 32 steps, one minibatch of 256, 20 epochs), the pilot's second shape
+ZOO_ROLLOUT_SHAPE: dict[str, Any] = dict(n_steps=32, batch_size=256, n_epochs=20)
+
+
+def _pilot(
+    env_id: str,
+    shared: bool,
+    random_score: float,
+    max_score: float,
+    threshold: float,
+    shape: dict[str, Any] | None = None,
+) -> Task:
+    hyperparameters = {**PILOT_HYPERPARAMETERS, **(shape or {})}
     if shared:
         hyperparameters["policy_kwargs"] = SHARED_TRUNK
     return Task(
@@ -183,5 +194,10 @@ TASKS.update(
         "pilot/CartPole-v1-shared": _pilot("CartPole-v1", True, *_CARTPOLE_SCORES),
         "pilot/Acrobot-v1-separate": _pilot("Acrobot-v1", False, *_ACROBOT_SCORES),
         "pilot/Acrobot-v1-shared": _pilot("Acrobot-v1", True, *_ACROBOT_SCORES),
+        # the extension's pilot (docs/benchmarks.md, 2026-12-01): the same four in rl-zoo3's CartPole shape
+        "pilot/CartPole-v1-separate-zoo": _pilot("CartPole-v1", False, *_CARTPOLE_SCORES, shape=ZOO_ROLLOUT_SHAPE),
+        "pilot/CartPole-v1-shared-zoo": _pilot("CartPole-v1", True, *_CARTPOLE_SCORES, shape=ZOO_ROLLOUT_SHAPE),
+        "pilot/Acrobot-v1-separate-zoo": _pilot("Acrobot-v1", False, *_ACROBOT_SCORES, shape=ZOO_ROLLOUT_SHAPE),
+        "pilot/Acrobot-v1-shared-zoo": _pilot("Acrobot-v1", True, *_ACROBOT_SCORES, shape=ZOO_ROLLOUT_SHAPE),
     }
 )
