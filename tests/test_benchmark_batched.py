@@ -44,8 +44,10 @@ def test_a_batched_collapse_grid_writes_runs_that_study_reads_and_resumes(
     assert (record["engine"], record["task"], record["algorithm"], record["seed"]) == ("batched", TASK, "logit", 2)
     assert record["learning_rate"] == pytest.approx(1e-2) and record["timesteps"] == 512
     assert [evaluation["step"] for evaluation in record["evaluations"]] == [0, 512]
-    returns = record["train_episode_returns"]
+    returns, ends = record["train_episode_returns"], record["train_episode_steps"]
     assert len(returns) > 10 and sum(returns) <= 512 and all(value >= 1 for value in returns)
+    # CartPole pays 1 per step: each agent's 8 environments' episodes fit in the steps they ended by
+    assert len(ends) == len(returns) and ends == sorted(ends) and 8 <= ends[0] <= 512 and ends[-1] <= 512
     # the agents of a group are trained from their own seeds
     assert runs["ppo_lr10_seed0.json"]["train_episode_returns"] != runs["ppo_lr10_seed1.json"]["train_episode_returns"]
 
@@ -73,7 +75,7 @@ def test_a_batched_run_has_the_fields_of_an_sb3_run(tmp_path: Path) -> None:
     batched = _runs(tmp_path)["ppo_lr1_seed0.json"]
     sb3 = train_and_evaluate(TASK, "ppo", seed=0, timesteps=512)
     assert (batched["engine"], sb3["engine"]) == ("batched", "sb3")
-    assert set(batched) == set(sb3) | {"train_episode_returns"}
+    assert set(batched) == set(sb3)
     for key, value in sb3.items():
         assert type(batched[key]) is type(value), key
     for batched_evaluation, sb3_evaluation in zip(batched["evaluations"], sb3["evaluations"], strict=True):

@@ -241,6 +241,8 @@ class BatchedPPO:
         self.failed_at: list[int | None] = [None] * n_agents
         self.num_timesteps = 0
         self.episode_returns: list[list[float]] = [[] for _ in range(n_agents)]
+        self.episode_steps: list[list[int]] = [[] for _ in range(n_agents)]
+        """Per agent, the agent's step count (``num_timesteps``) when each of ``episode_returns`` ended."""
         self.evaluations: list[list[dict[str, Any]]] = [[] for _ in range(n_agents)]
         """Per agent, the SB3 runner's records: ``step``, ``train_seconds`` (the batch's), ``eval_return``,
         ``eval_returns``, ``train_return``."""
@@ -291,8 +293,8 @@ class BatchedPPO:
             actions = self._sample(logits, uniforms[step])
             normalised, log_prob, _ = categorical_outputs(logits, actions)
             observations, rewards, terminated, truncated, info = self.env.step(actions.flatten().numpy())
-            self._record_episodes(rewards, terminated | truncated)
             self.num_timesteps += n_envs
+            self._record_episodes(rewards, terminated | truncated)
             rewards_t = th.as_tensor(rewards, dtype=th.float32).view(n_agents, n_envs)
             bootstrap = th.as_tensor(truncated & ~terminated).view(n_agents, n_envs)
             if bootstrap.any():  # timeouts bootstrap with the value function (SB3 GH issue #633)
@@ -348,6 +350,7 @@ class BatchedPPO:
         self._running_returns += rewards
         for index in np.flatnonzero(done):
             self.episode_returns[index // self.n_envs].append(float(self._running_returns[index]))
+            self.episode_steps[index // self.n_envs].append(self.num_timesteps)
         self._running_returns[done] = 0.0
 
     # ------------------------------------------------------------------ update

@@ -153,8 +153,8 @@ def train_group(arm: BatchedArm, runs: list[Run], timesteps: int | None = None) 
 
 
 def run_record(trainer: BatchedPPO, agent: int, run: Run, wall_seconds: float) -> dict[str, Any]:
-    """Agent ``agent``'s run file: the SB3 engine's fields (``runs.train_and_evaluate``), ``engine`` and
-    ``train_episode_returns``. The seconds are the whole group's, which trained together."""
+    """Agent ``agent``'s run file: the SB3 engine's fields (``runs.train_and_evaluate``). The seconds are the
+    whole group's, which trained together."""
     task = TASKS[run.task]
     evaluations = [{**record, "train": {}} for record in trainer.evaluations[agent]]
     return {
@@ -170,6 +170,7 @@ def run_record(trainer: BatchedPPO, agent: int, run: Run, wall_seconds: float) -
         "evaluations": evaluations,
         "engine": "batched",
         "train_episode_returns": [round(value, 3) for value in trainer.episode_returns[agent]],
+        "train_episode_steps": trainer.episode_steps[agent],
     }
 
 

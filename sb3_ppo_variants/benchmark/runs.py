@@ -90,6 +90,9 @@ class PeriodicEvaluation(BaseCallback):
         self.seed = seed
         self.next_eval = 0
         self.records: list[dict[str, Any]] = []
+        self.episode_returns: list[float] = []
+        self.episode_steps: list[int] = []
+        """Each training episode's return (the Monitor's) and the step count when it ended."""
         self.eval_seconds = 0.0
         self.start = 0.0
 
@@ -123,6 +126,10 @@ class PeriodicEvaluation(BaseCallback):
         self._evaluate()
 
     def _on_step(self) -> bool:
+        for info in self.locals["infos"]:
+            if "episode" in info:
+                self.episode_returns.append(round(float(info["episode"]["r"]), 3))
+                self.episode_steps.append(int(self.num_timesteps))
         if self.num_timesteps >= self.next_eval:
             self._evaluate()
         return True
@@ -160,6 +167,8 @@ def train_and_evaluate(
         "torch_threads": th.get_num_threads(),
         "evaluations": evaluation.records,
         "engine": "sb3",
+        "train_episode_returns": evaluation.episode_returns,
+        "train_episode_steps": evaluation.episode_steps,
     }
 
 
