@@ -18,7 +18,7 @@ from run_records import benchmark, without_timing
 from sb3_ppo_variants import VariantPPO
 from sb3_ppo_variants.benchmark.__main__ import main
 from sb3_ppo_variants.benchmark.algorithms import ALGORITHMS, Algorithm
-from sb3_ppo_variants.benchmark.batched_runs import RefusedArms, batched_arms
+from sb3_ppo_variants.benchmark.batched_runs import RefusedArms, batched_arms, split_groups
 from sb3_ppo_variants.benchmark.runs import train_and_evaluate
 from sb3_ppo_variants.benchmark.tasks import TASKS
 
@@ -37,7 +37,8 @@ def test_a_batched_collapse_grid_writes_runs_that_study_reads_and_resumes(
     command = ["collapse", "--engine", "batched", *GRID, "--seeds", "0", "1", "2", "--runs", "runs"]
     first = benchmark(*command, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert "6 of 6 runs to do (0 on disk) in 2 batched group(s)" in first.stdout
+    # two groups, one per algorithm, trained side by side in two worker processes
+    assert "6 of 6 runs to do (0 on disk) in 2 batched group(s), 2 at a time" in first.stdout
     runs = _runs(tmp_path / "runs" / TASK)
     assert sorted(runs) == sorted(f"{a}_lr10_seed{s}.json" for a in ("ppo", "logit") for s in (0, 1, 2))
     record = runs["logit_lr10_seed2.json"]
@@ -63,9 +64,31 @@ def test_a_batched_collapse_grid_writes_runs_that_study_reads_and_resumes(
     missing.unlink()
     monkeypatch.chdir(tmp_path)
     assert main(command) == 0
-    assert "1 of 6 runs to do (5 on disk) in 1 batched group(s)" in capsys.readouterr().out
+    assert "1 of 6 runs to do (5 on disk) in 1 batched group(s), 1 at a time" in capsys.readouterr().out
     assert json.loads(kept.read_text())["kept"] is True
     assert without_timing(json.loads(missing.read_text())) == without_timing(runs["logit_lr10_seed1.json"])
+
+
+def test_groups_are_halved_until_every_worker_has_one() -> None:
+    assert split_groups([[1, 2, 3, 4, 5]], 2) == [[1, 2], [3, 4, 5]]
+    assert split_groups([[1, 2, 3, 4], [5]], 4) == [[1], [2], [3, 4], [5]]
+    assert split_groups([[1], [2]], 4) == [[1], [2]]  # nothing left to split
+    assert split_groups([[1, 2], [3, 4], [5, 6]], 2) == [[1, 2], [3, 4], [5, 6]]
+
+
+def test_one_group_split_over_two_workers_writes_the_files_of_one_process(tmp_path: Path) -> None:
+    command = ["collapse", "--engine", "batched", "--tasks", TASK, "--algorithms", "ppo", "--lr-scales", "3", "10"]
+    command += ["--seeds", "4", "--timesteps", "256"]
+    together = benchmark(*command, "--workers", "1", "--runs", "together", cwd=tmp_path)
+    assert together.returncode == 0, together.stderr
+    assert "in 1 batched group(s), 1 at a time" in together.stdout
+    split = benchmark(*command, "--workers", "2", "--runs", "split", cwd=tmp_path)
+    assert split.returncode == 0, split.stderr
+    assert "in 2 batched group(s), 2 at a time" in split.stdout
+    one, two = _runs(tmp_path / "together"), _runs(tmp_path / "split")
+    assert sorted(one) == sorted(two) == ["ppo_lr10_seed4.json", "ppo_lr3_seed4.json"]
+    for name in one:
+        assert without_timing(one[name]) == without_timing(two[name])
 
 
 def test_a_batched_run_has_the_fields_of_an_sb3_run(tmp_path: Path) -> None:

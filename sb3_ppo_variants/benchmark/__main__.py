@@ -66,7 +66,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser, default_tasks: list[str]
         choices=["sb3", "batched"],
         default="sb3",
         help="sb3: one SB3 model per run; batched: every seed and learning-rate scale of an algorithm on a task "
-        "trained together by BatchedPPO, in this process (ignores --workers)",
+        "trained together by BatchedPPO, --workers such groups at once",
     )
 
 
@@ -141,7 +141,14 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit("--ray-address runs the sb3 engine; --engine batched runs in this process")
                 try:
                     failures = run_batched_grid(
-                        args.runs, tasks, algorithms, args.seeds, args.lr_scales, args.timesteps, args.progress
+                        args.runs,
+                        tasks,
+                        algorithms,
+                        args.seeds,
+                        args.lr_scales,
+                        args.timesteps,
+                        args.progress,
+                        workers=args.workers or max(1, available_cores() // args.threads),
                     )
                 except RefusedArms as error:
                     raise SystemExit(str(error)) from None

@@ -2,11 +2,12 @@
 
 Every (task, algorithm) of the grid is one group, trained in one ``BatchedPPO`` whose agents are the seeds and
 learning-rate scales still to do (per-agent learning rates); algorithms whose options change the loss's code
-path are different groups, run one after the other in the same command. Each arm is read from the SB3 model the
-SB3 engine would train (``batched_settings``), and an arm the engine cannot train as that model is refused,
-with its reason, before any run starts. Each run's file is ``runs.run_path``'s, in the SB3 engine's format with
-``engine`` and the training episodes' returns added, written as soon as its group has finished; a group
-interrupted half-way loses only its own runs, which the same command then redoes.
+path are different groups. Groups run one after the other in this process or, with ``workers``, that many at
+once in worker processes. Each arm is read from the SB3 model the SB3 engine would train
+(``batched_settings``), and an arm the engine cannot train as that model is refused, with its reason, before
+any run starts. Each run's file is ``runs.run_path``'s, in the SB3 engine's format with ``engine`` added,
+written by this process as soon as its group has finished; a group interrupted half-way loses only its own
+runs, which the same command then redoes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from torch import nn
 
 from sb3_ppo_variants.batched import AGENT_ENVIRONMENTS, BatchedPPO, StackedActorCritic, batched_settings
 from sb3_ppo_variants.benchmark.algorithms import ALGORITHMS
+from sb3_ppo_variants.benchmark.executors import Executor, InProcess, ProcessPool, describe, execute
 from sb3_ppo_variants.benchmark.progress import GridProgress
 from sb3_ppo_variants.benchmark.runs import Run, grid, make_training_env, write_run
 from sb3_ppo_variants.benchmark.tasks import TASKS, Task
@@ -174,6 +177,53 @@ def run_record(trainer: BatchedPPO, agent: int, run: Run, wall_seconds: float) -
     }
 
 
+@dataclass(frozen=True)
+class Group:
+    """Runs of one arm trained together by one ``BatchedPPO``: an item of the executors that run a grid."""
+
+    arm: BatchedArm
+    runs: tuple[Run, ...]
+
+    def __str__(self) -> str:
+        return f"{self.arm.task} {self.arm.algorithm}, {len(self.runs)} run(s)"
+
+
+def split_groups(groups: list[list[Run]], workers: int) -> list[list[Run]]:
+    """The groups, the largest halved until every worker has one (agents train independently of their batch)."""
+    groups = list(groups)
+    while len(groups) < workers and max(len(group) for group in groups) > 1:
+        largest = max(range(len(groups)), key=lambda index: len(groups[index]))
+        group = groups.pop(largest)
+        groups[largest:largest] = [group[: len(group) // 2], group[len(group) // 2 :]]
+    return groups
+
+
+def train_group_records(group: Group, timesteps: int | None = None, threads: int = 1) -> dict[str, Any]:
+    """The executors' function: train one group; per run, its file's record, or the step at which it failed."""
+    th.set_num_threads(threads)
+    trainer, wall_seconds = train_group(group.arm, list(group.runs), timesteps)
+    return {
+        "wall_seconds": wall_seconds,
+        "records": [
+            run_record(trainer, agent, run, wall_seconds)
+            if trainer.failed_at[agent] is None
+            else {"failed_at": trainer.failed_at[agent]}
+            for agent, run in enumerate(group.runs)
+        ],
+    }
+
+
+class _GroupStarts:
+    """A group's runs count as running once the group is submitted."""
+
+    def __init__(self, progress: GridProgress):
+        self.progress = progress
+
+    def started(self, group: Group) -> None:
+        for run in group.runs:
+            self.progress.started(run)
+
+
 def run_batched_grid(
     directory: Path,
     tasks: list[str],
@@ -182,8 +232,13 @@ def run_batched_grid(
     learning_rate_scales: list[float],
     timesteps: int | None = None,
     progress_bar: bool = False,
+    workers: int = 1,
 ) -> list[tuple[Run, str]]:
     """``runs.run_grid`` with the batched engine: every run not on disk, one group per (task, algorithm).
+
+    With ``workers > 1`` that many groups train at once, each in its own process (``executors.ProcessPool``)
+    with this process's torch threads, the largest group halved while there are fewer groups than workers.
+    This process writes every file as its group finishes.
 
     :raises RefusedArms: before any run starts, when an arm cannot run batched.
     :return: the runs that failed (an agent whose network or loss stopped being finite), with the reason.
@@ -193,32 +248,47 @@ def run_batched_grid(
     to_run = [run for run in runs if not run.path(directory).exists()]
     if not to_run:
         return []
-    groups: dict[tuple[str, str], list[Run]] = {}
+    by_arm: dict[tuple[str, str], list[Run]] = {}
     for run in to_run:
-        groups.setdefault((run.task, run.algorithm), []).append(run)
+        by_arm.setdefault((run.task, run.algorithm), []).append(run)
+    groups = [
+        Group(arms[group[0].task, group[0].algorithm], tuple(group))
+        for group in split_groups(list(by_arm.values()), workers)
+    ]
+    workers = max(1, min(workers, len(groups)))
+    threads = th.get_num_threads()
+    executor: Executor = ProcessPool(workers) if workers > 1 else InProcess()
     print(
         f"{len(to_run)} of {len(runs)} runs to do ({len(runs) - len(to_run)} on disk) in {len(groups)} batched "
-        f"group(s), {th.get_num_threads()} torch thread(s)",
+        f"group(s), {workers} at a time, {threads} torch thread(s) each",
         flush=True,
     )
     progress = GridProgress(len(to_run), bar=progress_bar)
     failures: list[tuple[Run, str]] = []
+    function = partial(train_group_records, timesteps=timesteps, threads=threads)
+    outcomes = execute(executor, function, groups, _GroupStarts(progress))
     try:
-        for key, group in groups.items():
-            for run in group:
-                progress.started(run)
-            trainer, wall_seconds = train_group(arms[key], group, timesteps)
-            for agent, run in enumerate(group):
-                step = trainer.failed_at[agent]
-                if step is not None:
-                    failures.append((run, f"non-finite network output, loss or gradient at step {step}"))
-                    progress.finished(f"{run}: FAILED, {failures[-1][1]}", failed=True)
+        for outcome in outcomes:
+            group = outcome.item
+            if outcome.result is None:
+                assert outcome.error is not None
+                records: list[dict[str, Any]] = [{"error": describe(outcome.error)}] * len(group.runs)
+                wall_seconds = 0.0
+            else:
+                records, wall_seconds = outcome.result["records"], outcome.result["wall_seconds"]
+            for run, record in zip(group.runs, records, strict=True):
+                if "evaluations" not in record:
+                    reason = record.get("error") or (
+                        f"non-finite network output, loss or gradient at step {record['failed_at']}"
+                    )
+                    failures.append((run, reason))
+                    progress.finished(f"{run}: FAILED, {reason}", failed=True)
                     continue
-                record = run_record(trainer, agent, run, wall_seconds)
                 write_run(run.path(directory), record)
                 final = record["evaluations"][-1]["eval_return"]
-                progress.finished(f"{run}: return {final:.1f}, {wall_seconds:.1f} s for its group of {len(group)}")
+                progress.finished(f"{run}: return {final:.1f}, {wall_seconds:.1f} s for its group of {len(group.runs)}")
     except KeyboardInterrupt:
+        outcomes.close()  # stops the workers
         progress.close()
         print(f"interrupted: {progress.summary()}; run the same command again to resume", file=sys.stderr)
         raise
