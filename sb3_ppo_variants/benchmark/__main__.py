@@ -6,6 +6,7 @@
 - ``report``: tables (CSV, Markdown) and PNG plots from the runs on disk;
 - ``study``: the collapse study's outcomes, collapse rates with intervals and tests, and plots
   (the definition in ``collapse_study.py`` and ``docs/benchmarks.md``);
+- ``agreement``: whether the SB3 engine and the batched engine train the same grid alike (``agreement.py``);
 - ``pong``: the seed's Pong settings to 2M agent steps through rl-zoo3, resumable (``pong.py``).
 
 Runs already on disk are skipped, so ``learn`` and ``collapse`` resume after an interruption. They run
@@ -105,6 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     study.add_argument("--name", default="collapse_study", help="prefix of the files written")
     study.add_argument("--bootstrap-reps", type=int, default=2000)
 
+    agreement = subcommands.add_parser("agreement", help="whether two engines' runs of the same grid differ")
+    agreement.add_argument(
+        "--runs",
+        nargs=2,
+        required=True,
+        metavar="ENGINE=DIR",
+        help="each engine's label and its run directory, e.g. sb3=benchmark_runs/agreement/sb3",
+    )
+    agreement.add_argument("--output", type=Path, required=True, help="directory for agreement.csv and agreement.md")
+    agreement.add_argument("--bootstrap-reps", type=int, default=2000)
+
     power = subcommands.add_parser("power", help="what the collapse study's tests can detect, before it runs")
     power.add_argument("--runs-per-arm", type=int, nargs="+", default=[40, 50, 100], help="competent runs per cell")
     power.add_argument("--baseline-rates", type=float, nargs="+", default=[0.3, 0.5, 0.7], help="PPO's event rate")
@@ -194,6 +206,19 @@ def main(argv: list[str] | None = None) -> int:
             args.runs, args.output, args.plots or args.output, args.name, bootstrap_reps=args.bootstrap_reps
         )
         print(table.to_string(index=False))
+    elif args.command == "agreement":
+        from sb3_ppo_variants.benchmark.agreement import write_agreement_report
+
+        directories = {}
+        for entry in args.runs:
+            engine, separator, directory = entry.partition("=")
+            if not separator or not engine or not directory:
+                raise SystemExit(f"--runs takes ENGINE=DIR, got {entry!r}")
+            directories[engine] = Path(directory)
+        if len(directories) != 2:
+            raise SystemExit(f"--runs needs two different engine labels, got {list(directories)}")
+        write_agreement_report(directories, args.output, reps=args.bootstrap_reps)
+        print((args.output / "agreement.md").read_text(), end="")
     elif args.command == "power":
         from sb3_ppo_variants.benchmark.power import format_power_report
 
