@@ -6,6 +6,7 @@
 - ``report``: tables (CSV, Markdown) and PNG plots from the runs on disk;
 - ``study``: the collapse study's outcomes, collapse rates with intervals and tests, and plots
   (the definition in ``collapse_study.py`` and ``docs/benchmarks.md``);
+- ``throughput``: environment steps per CPU-second of the batched and the SB3 engine on one grid;
 - ``agreement``: whether the SB3 engine and the batched engine train the same grid alike (``agreement.py``);
 - ``pong``: the seed's Pong settings to 2M agent steps through rl-zoo3, resumable (``pong.py``).
 
@@ -117,6 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     agreement.add_argument("--output", type=Path, required=True, help="directory for agreement.csv and agreement.md")
     agreement.add_argument("--bootstrap-reps", type=int, default=2000)
 
+    throughput = subcommands.add_parser(
+        "throughput", help="environment steps per CPU-second of the batched and the SB3 engine on one grid"
+    )
+    throughput.add_argument("--output", type=Path, required=True, help="directory for throughput.json and .md")
+    throughput.add_argument("--task", default="pilot/CartPole-v1-shared")
+    throughput.add_argument("--algorithms", nargs="+", default=None, help="default: the 16 arms of the study")
+    throughput.add_argument("--seeds", nargs="+", type=int, default=list(range(20)))
+    throughput.add_argument("--lr-scale", type=float, default=10.0)
+    throughput.add_argument("--timesteps", type=int, default=20_000, help="steps per run")
+    throughput.add_argument("--sb3-seeds", type=int, default=2, help="the SB3 engine trains the first N seeds")
+    throughput.add_argument("--workers", type=int, default=None, help="processes at once (default: every core)")
+    throughput.add_argument("--profile-agents", type=int, default=20, help="agents in the profiled group (0: none)")
+
     power = subcommands.add_parser("power", help="what the collapse study's tests can detect, before it runs")
     power.add_argument("--runs-per-arm", type=int, nargs="+", default=[40, 50, 100], help="competent runs per cell")
     power.add_argument("--baseline-rates", type=float, nargs="+", default=[0.3, 0.5, 0.7], help="PPO's event rate")
@@ -219,6 +233,21 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--runs needs two different engine labels, got {list(directories)}")
         write_agreement_report(directories, args.output, reps=args.bootstrap_reps)
         print((args.output / "agreement.md").read_text(), end="")
+    elif args.command == "throughput":
+        from sb3_ppo_variants.benchmark.throughput import STUDY_ARMS, run_throughput, throughput_markdown
+
+        result = run_throughput(
+            args.output,
+            _parse_tasks([args.task], [])[0],
+            parse_algorithms(args.algorithms, STUDY_ARMS),
+            args.seeds,
+            args.lr_scale,
+            args.timesteps,
+            args.sb3_seeds,
+            args.workers or available_cores(),
+            args.profile_agents,
+        )
+        print(throughput_markdown(result), end="")
     elif args.command == "power":
         from sb3_ppo_variants.benchmark.power import format_power_report
 

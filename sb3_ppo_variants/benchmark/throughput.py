@@ -1,0 +1,232 @@
+"""Environment steps per CPU-second of the two engines, side by side in one command, on the same grid.
+
+Both engines train the same grid (task, arms, seeds, learning-rate scale and budget), each into a throwaway
+folder with the same ``collapse`` code path a user runs, ``--workers`` processes at once:
+
+- the batched engine trains every run of the grid;
+- the SB3 engine trains the first ``sb3_seeds`` seeds of every arm: one SB3 run costs the same whatever its
+  seed, and a full grid of SB3 runs is what the batched engine exists to avoid.
+
+CPU seconds are those of this process and of its worker processes (``getrusage``), so the figure does not
+depend on how busy the machine is with other work as much as wall-clock time would; wall-clock seconds and
+the peak resident memory of the largest worker process are reported too. The batched engine's time is then
+broken down by a ``cProfile`` of one group trained in this process: collecting rollouts (of which stepping the
+vectorised environments), updating, and evaluating.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import json
+import pstats
+import resource
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch as th
+
+from sb3_ppo_variants.benchmark.provenance import provenance
+from sb3_ppo_variants.benchmark.runs import grid
+
+STUDY_ARMS = (
+    "ppo",
+    "logit",
+    "peaked",
+    "rescaled",
+    "per_state",
+    "per_batch",
+    "rollback",
+    "spo",
+    "kl",
+    "truly",
+    "dual_clip",
+    "clip_higher",
+    "tr_ppo",
+    "espo",
+    "pfo",
+    "adam_equal_betas",
+)
+"""The 16 arms of the preregistered collapse study (docs/benchmarks.md)."""
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _measured(function: Callable[[], Any]) -> dict[str, float]:
+    """Wall-clock and CPU seconds (this process and its finished children) of ``function()``."""
+    cpu, wall = _cpu_seconds(), time.perf_counter()
+    function()
+    return {"wall_seconds": time.perf_counter() - wall, "cpu_seconds": _cpu_seconds() - cpu}
+
+
+def _steps(directory: Path) -> int:
+    return sum(json.loads(path.read_text())["timesteps"] for path in directory.glob("*/*.json"))
+
+
+def profile_group(task: str, algorithm: str, seeds: list[int], learning_rate_scale: float, timesteps: int) -> dict:
+    """Where one batched group's time goes: seconds in collecting rollouts (and stepping the environments),
+    updating and evaluating, from a ``cProfile`` of the group trained in this process."""
+    from sb3_ppo_variants.benchmark.batched_runs import batched_arms, train_group
+    from sb3_ppo_variants.benchmark.runs import Run
+
+    arm = batched_arms([task], [algorithm])[task, algorithm]
+    runs = [Run(task, algorithm, learning_rate_scale, seed) for seed in seeds]
+    profiler = cProfile.Profile()
+    profiler.enable()
+    trainer, wall_seconds = train_group(arm, runs, timesteps)
+    profiler.disable()
+    statistics = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    env_class = type(trainer.env).__name__
+
+    def cumulative(function_name: str, class_file: str | None = None) -> float:
+        return sum(
+            entry[3]
+            for (file, _, name), entry in statistics.items()
+            if name == function_name and (class_file is None or class_file in file)
+        )
+
+    parts = {
+        "collect_rollout": cumulative("collect_rollout", "batched"),
+        "environment_step": cumulative("step", "acrobot" if "Acrobot" in env_class else "cartpole"),
+        "update": cumulative("update", "batched"),
+        "evaluate": cumulative("_record_evaluation", "batched"),
+    }
+    total = cumulative("learn", "batched")
+    return {
+        "task": task,
+        "algorithm": algorithm,
+        "agents": len(runs),
+        "timesteps": timesteps,
+        "profiled_seconds": round(total, 3),
+        "wall_seconds": round(wall_seconds, 3),
+        **{f"{name}_seconds": round(value, 3) for name, value in parts.items()},
+        **{f"{name}_share": round(value / total, 4) for name, value in parts.items()},
+    }
+
+
+def measure_throughput(
+    task: str,
+    algorithms: list[str],
+    seeds: list[int],
+    learning_rate_scale: float,
+    timesteps: int,
+    sb3_seeds: int,
+    workers: int,
+) -> dict[str, Any]:
+    """Both engines on the grid; steps, seconds and steps per CPU-second each, and their ratio."""
+    from sb3_ppo_variants.benchmark.batched_runs import run_batched_grid
+    from sb3_ppo_variants.benchmark.runs import run_grid
+
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        batched, sb3 = Path(folder) / "batched", Path(folder) / "sb3"
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        results["batched"] = _measured(
+            lambda: run_batched_grid(
+                batched, [task], algorithms, seeds, [learning_rate_scale], timesteps, workers=workers
+            )
+        )
+        # ru_maxrss of the children is the largest child's peak (KiB on Linux); the grid's workers are the children
+        results["batched"]["peak_worker_rss_gib"] = (
+            max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 2**20
+        )
+        results["batched"]["runs"] = len(grid([task], algorithms, seeds, [learning_rate_scale]))
+        results["batched"]["steps"] = _steps(batched)
+        sb3_grid_seeds = seeds[:sb3_seeds]
+        results["sb3"] = _measured(
+            lambda: run_grid(
+                sb3, [task], algorithms, sb3_grid_seeds, [learning_rate_scale], timesteps, threads=1, workers=workers
+            )
+        )
+        results["sb3"]["runs"] = len(grid([task], algorithms, sb3_grid_seeds, [learning_rate_scale]))
+        results["sb3"]["steps"] = _steps(sb3)
+    for engine in ("batched", "sb3"):
+        entry = results[engine]
+        entry["steps_per_cpu_second"] = entry["steps"] / entry["cpu_seconds"]
+        entry["steps_per_wall_second"] = entry["steps"] / entry["wall_seconds"]
+    results["ratio_per_cpu_second"] = (
+        results["batched"]["steps_per_cpu_second"] / results["sb3"]["steps_per_cpu_second"]
+    )
+    results["ratio_per_wall_second"] = (
+        results["batched"]["steps_per_wall_second"] / results["sb3"]["steps_per_wall_second"]
+    )
+    return results
+
+
+def throughput_markdown(result: dict[str, Any]) -> str:
+    """The comparison and the profile as Markdown tables."""
+    settings = result["settings"]
+    lines = [
+        f"Grid: {settings['task']}, {len(settings['algorithms'])} arms, learning rate × {settings['lr_scale']:g}, "
+        f"{settings['timesteps']} steps per run, {settings['workers']} worker process(es), 1 torch thread each.",
+        "",
+        "| engine | runs | environment steps | CPU seconds | wall seconds | steps per CPU-second |",
+        "|---|---|---|---|---|---|",
+    ]
+    for engine in ("batched", "sb3"):
+        entry = result[engine]
+        lines.append(
+            f"| {engine} | {entry['runs']} | {entry['steps']:,} | {entry['cpu_seconds']:.0f} | "
+            f"{entry['wall_seconds']:.0f} | {entry['steps_per_cpu_second']:,.0f} |"
+        )
+    lines += [
+        "",
+        f"Batched / SB3: ×{result['ratio_per_cpu_second']:.1f} per CPU-second, ×{result['ratio_per_wall_second']:.1f} "
+        f"per wall-clock second; the batched engine's largest worker peaked at "
+        f"{result['batched']['peak_worker_rss_gib']:.2f} GiB resident.",
+    ]
+    profile = result.get("profile")
+    if profile:
+        lines += [
+            "",
+            f"Profile of one group ({profile['algorithm']}, {profile['agents']} agents, {profile['timesteps']} steps "
+            f"each, in one process): {profile['profiled_seconds']:.1f} s.",
+            "",
+            "| part | seconds | share |",
+            "|---|---|---|",
+        ]
+        for name, label in (
+            ("collect_rollout", "collecting rollouts"),
+            ("environment_step", "… of which stepping the vectorised environments"),
+            ("update", "updates (losses, gradients, Adam)"),
+            ("evaluate", "evaluations (greedy episodes)"),
+        ):
+            lines.append(f"| {label} | {profile[f'{name}_seconds']:.1f} | {profile[f'{name}_share']:.0%} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_throughput(
+    output: Path,
+    task: str,
+    algorithms: list[str],
+    seeds: list[int],
+    learning_rate_scale: float,
+    timesteps: int,
+    sb3_seeds: int,
+    workers: int,
+    profile_agents: int,
+) -> dict[str, Any]:
+    """Measure, profile, and write ``throughput.json`` and ``throughput.md`` into ``output``."""
+    th.set_num_threads(1)
+    result = measure_throughput(task, algorithms, seeds, learning_rate_scale, timesteps, sb3_seeds, workers)
+    if profile_agents > 0:
+        result["profile"] = profile_group(task, algorithms[0], seeds[:profile_agents], learning_rate_scale, timesteps)
+    result["settings"] = {
+        "task": task,
+        "algorithms": algorithms,
+        "seeds": seeds,
+        "sb3_seeds": seeds[:sb3_seeds],
+        "lr_scale": learning_rate_scale,
+        "timesteps": timesteps,
+        "workers": workers,
+    }
+    result["provenance"] = provenance()
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "throughput.json").write_text(json.dumps(result, indent=2))
+    (output / "throughput.md").write_text(throughput_markdown(result))
+    return result

@@ -1,0 +1,32 @@
+"""``throughput``: both engines train the same grid in one command; the figures add up from the run files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sb3_ppo_variants.benchmark.__main__ import main
+
+
+@pytest.mark.slow
+def test_throughput_trains_both_engines_and_profiles_a_group(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    arguments = ["throughput", "--output", str(output), "--algorithms", "ppo", "logit", "--seeds", "0", "1"]
+    assert main([*arguments, "--timesteps", "256", "--sb3-seeds", "1", "--workers", "1", "--profile-agents", "2"]) == 0
+    result = json.loads((output / "throughput.json").read_text())
+    # 8 environments × 32-step rollouts past 256 steps: every run trains to 1 024 steps
+    assert (result["batched"]["runs"], result["sb3"]["runs"]) == (4, 2)
+    assert result["batched"]["steps"] == 4 * 1024 and result["sb3"]["steps"] == 2 * 1024
+    for engine in ("batched", "sb3"):
+        entry = result[engine]
+        assert entry["cpu_seconds"] > 0 and entry["steps_per_cpu_second"] == entry["steps"] / entry["cpu_seconds"]
+    ratio = result["batched"]["steps_per_cpu_second"] / result["sb3"]["steps_per_cpu_second"]
+    assert result["ratio_per_cpu_second"] == pytest.approx(ratio)
+    profile = result["profile"]
+    assert profile["agents"] == 2 and 0 < profile["environment_step_seconds"] < profile["collect_rollout_seconds"]
+    shares = profile["collect_rollout_share"] + profile["update_share"] + profile["evaluate_share"]
+    assert 0.8 < shares <= 1.0
+    assert result["settings"]["sb3_seeds"] == [0]
+    assert "| batched | 4 | 4,096 |" in (output / "throughput.md").read_text()
