@@ -133,7 +133,11 @@ def _shrink_benchmark(args: list[str]) -> list[str]:
     elif command == "cost":
         for name in ("--setting", "--threads"):
             options = _first(options, (name,))
-        options = _first(options, ("--algorithms",), "variant")
+        setting = _find(options, ("--setting",))
+        first_setting = options[setting[0] + 1] if setting is not None else "mlp"
+        # each setting's variant with every option off: the contrib settings measure their own classes
+        variant = {"masked": "maskable_variant", "recurrent": "recurrent_variant"}.get(first_setting, "variant")
+        options = _first(options, ("--algorithms",), variant)
         options = _set(options, ("--repeats",), "1")
         options = _set(options, ("--fps-repeats",), "0")  # the learn() timing: tests/test_benchmark.py
     elif command in ("report", "study"):

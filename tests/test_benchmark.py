@@ -98,5 +98,8 @@ def test_cost_writes_ratios_and_plot(tmp_path: Path) -> None:
         assert float(row["median_ratio"]) > 0.0
         assert row["threads"] == "1"
     raw = read_csv(output / "cost_raw.csv")
-    assert all(float(row["ppo_seconds"]) > 0.0 and float(row["variant_seconds"]) > 0.0 for row in raw)
+    assert all(
+        row["reference"] == "ppo" and float(row["reference_seconds"]) > 0.0 and float(row["variant_seconds"]) > 0.0
+        for row in raw
+    )
     assert_png(output / "cost.png")

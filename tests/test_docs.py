@@ -235,6 +235,10 @@ def test_the_shrinking_rules():
         "python -m sb3_ppo_variants.benchmark cost --setting mlp --threads 1 --repeats 1 --algorithms variant "
         "--fps-repeats 0"
     )
+    assert shrink("python -m sb3_ppo_variants.benchmark cost --setting masked recurrent --repeats 25 25") == (
+        "python -m sb3_ppo_variants.benchmark cost --setting masked --repeats 1 --algorithms maskable_variant "
+        "--fps-repeats 0"
+    )
     untouched = 'python -c "import numpy as np; print(np.pi)"'
     assert shrink(untouched) == untouched
 

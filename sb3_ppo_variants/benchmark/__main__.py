@@ -1,6 +1,7 @@
 """Command line of the benchmarks: ``python -m sb3_ppo_variants.benchmark <subcommand> ...``.
 
-- ``cost``: ``train()`` time on one shared rollout and end-to-end FPS, as ratios against SB3's PPO;
+- ``cost``: ``train()`` time on one shared rollout and end-to-end FPS, as ratios against SB3's PPO (settings
+  ``mlp``, ``cnn``) or sb3-contrib's MaskablePPO and RecurrentPPO (``masked``, ``recurrent``);
 - ``learn``: every algorithm on every task for several seeds, with periodic greedy evaluation;
 - ``collapse``: the same runs across learning-rate scales (the step-size sweep);
 - ``report``: tables (CSV, Markdown) and PNG plots from the runs on disk;
@@ -24,11 +25,17 @@ from pathlib import Path
 
 import torch as th
 
-from sb3_ppo_variants.benchmark.algorithms import COST_ALGORITHMS, LEARNING_ALGORITHMS, parse_algorithms
+from sb3_ppo_variants.benchmark.algorithms import (
+    CONTRIB_ALGORITHMS,
+    COST_ALGORITHMS,
+    LEARNING_ALGORITHMS,
+    parse_algorithms,
+)
 from sb3_ppo_variants.benchmark.executors import available_cores
 from sb3_ppo_variants.benchmark.tasks import TASKS
 
 DEFAULT_RUNS = Path("benchmark_runs")
+CONTRIB_COST_ALGORITHMS = tuple(name for name in CONTRIB_ALGORITHMS if not name.endswith("_ppo"))
 
 
 def _parse_tasks(names: list[str] | None, default: list[str]) -> list[str]:
@@ -84,11 +91,26 @@ def main(argv: list[str] | None = None) -> int:
     _add_run_arguments(collapse, ["CartPole-v1"])
     collapse.add_argument("--lr-scales", nargs="+", type=float, default=[1.0, 3.0, 10.0])
 
-    cost = subcommands.add_parser("cost", help="train() time and FPS as ratios against SB3's PPO")
+    cost = subcommands.add_parser(
+        "cost", help="train() time and FPS as ratios against SB3's PPO, MaskablePPO or RecurrentPPO"
+    )
     cost.add_argument("--output", type=Path, required=True, help="directory for cost.csv and cost_raw.csv")
-    cost.add_argument("--plots", type=Path, default=None, help="directory for cost.png (default: --output)")
-    cost.add_argument("--setting", choices=["mlp", "cnn"], nargs="+", default=["mlp", "cnn"])
-    cost.add_argument("--algorithms", nargs="+", default=None, help=f"default: {' '.join(COST_ALGORITHMS)}")
+    cost.add_argument("--plots", type=Path, default=None, help="directory for the plot (default: --output)")
+    cost.add_argument("--plot-name", default="cost", help="file name of the plot, without .png (default: cost)")
+    cost.add_argument(
+        "--setting",
+        choices=["mlp", "cnn", "masked", "recurrent"],
+        nargs="+",
+        default=["mlp", "cnn"],
+        help="mlp, cnn: against SB3's PPO; masked: against MaskablePPO; recurrent: against RecurrentPPO",
+    )
+    cost.add_argument(
+        "--algorithms",
+        nargs="+",
+        default=None,
+        help=f"default: {' '.join(COST_ALGORITHMS)} on mlp and cnn, {' '.join(CONTRIB_COST_ALGORITHMS)} on masked "
+        "and recurrent (their own); every name must be measurable on every --setting",
+    )
     cost.add_argument("--repeats", type=int, nargs="+", default=[9, 3], help="train() pairs per algorithm, per setting")
     cost.add_argument("--fps-repeats", type=int, nargs="+", default=[3, 2], help="learn() pairs, per setting")
     cost.add_argument("--fps-timesteps", type=int, default=None, help="steps per learn() timing (default per setting)")
@@ -197,17 +219,23 @@ def main(argv: list[str] | None = None) -> int:
         if failures:
             return 1
     elif args.command == "cost":
-        from sb3_ppo_variants.benchmark.cost import run_cost_benchmark
+        from sb3_ppo_variants.benchmark.cost import COST_SETTINGS, algorithms_for, run_cost_benchmark
 
+        for name in args.setting:  # a name the setting cannot measure stops the command before any timing
+            try:
+                algorithms_for(COST_SETTINGS[name], args.algorithms)
+            except ValueError as error:
+                raise SystemExit(str(error)) from None
         run_cost_benchmark(
             args.output,
             settings=args.setting,
-            algorithms=parse_algorithms(args.algorithms, COST_ALGORITHMS),
+            algorithms=args.algorithms,
             repeats=args.repeats,
             fps_repeats=args.fps_repeats,
             fps_timesteps=args.fps_timesteps,
             threads=args.threads,
             plots_directory=args.plots,
+            plot_name=args.plot_name,
         )
     elif args.command == "report":
         from sb3_ppo_variants.benchmark.report import write_report

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sb3_contrib import MaskablePPO, RecurrentPPO
 from stable_baselines3 import PPO
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
+from sb3_ppo_variants.contrib import MaskableVariantPPO, RecurrentVariantPPO
 from sb3_ppo_variants.registry import CONFIGURATIONS, VARIANTS
 
 
@@ -45,6 +47,24 @@ LABELS: dict[str, str] = {
     "ppo": "PPO (SB3)",
     **{variant.name: variant.label for variant in VARIANTS},
     **{entry.name: entry.label for entry in CONFIGURATIONS},
+}
+
+# sb3-contrib's classes and the variant classes over them: the cost benchmark's masked and recurrent settings
+CONTRIB_ALGORITHMS: dict[str, Algorithm] = {
+    "maskable_ppo": Algorithm("maskable_ppo", MaskablePPO),
+    "maskable_variant": Algorithm("maskable_variant", MaskableVariantPPO),
+    "maskable_logit": Algorithm("maskable_logit", MaskableVariantPPO, {"delta_target_policy": "logit"}),
+    "recurrent_ppo": Algorithm("recurrent_ppo", RecurrentPPO),
+    "recurrent_variant": Algorithm("recurrent_variant", RecurrentVariantPPO),
+    "recurrent_logit": Algorithm("recurrent_logit", RecurrentVariantPPO, {"delta_target_policy": "logit"}),
+}
+CONTRIB_LABELS: dict[str, str] = {
+    "maskable_ppo": "MaskablePPO (sb3-contrib)",
+    "maskable_variant": "MaskableVariantPPO()",
+    "maskable_logit": "MaskableVariantPPO logit",
+    "recurrent_ppo": "RecurrentPPO (sb3-contrib)",
+    "recurrent_variant": "RecurrentVariantPPO()",
+    "recurrent_logit": "RecurrentVariantPPO logit",
 }
 
 # ``variant`` with every option off is SB3's PPO (the parity test pins it), so the learning

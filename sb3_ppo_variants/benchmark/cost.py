@@ -1,12 +1,16 @@
-"""Cost of each variant against SB3's PPO, measured as ratios in one process.
+"""Cost of each variant against its reference class, measured as ratios in one process.
 
-Two measures, each taken in pairs (SB3's PPO and one variant back to back, the order
-alternating between repeats) and summarised by the median of the per-pair ratios:
+Each setting names its reference: SB3's PPO for the ``mlp`` and ``cnn`` settings (against every variant of
+the registry), sb3-contrib's MaskablePPO and RecurrentPPO for the ``masked`` and ``recurrent`` settings
+(against ``MaskableVariantPPO`` and ``RecurrentVariantPPO``). Two measures, each taken in pairs (the
+reference and one algorithm back to back, the order alternating between repeats) and summarised by the
+median of the per-pair ratios:
 
 - ``train``: one ``train()`` call on the same rollout. Every algorithm collects it itself from the
-  same seed and the same initial weights (checked to be identical), and before each timed call the
-  policy, the optimizer, the adaptive state (``kl_coef``, the smoothed pseudo-entropy) and the
-  NumPy/torch random state are restored, so every call repeats exactly the same computation.
+  same seed and the same initial weights (checked to be identical, action masks and LSTM states
+  included), and before each timed call the policy, the optimizer, the adaptive state (``kl_coef``, the
+  smoothed pseudo-entropy) and the NumPy/torch random state (the minibatch permutation, or the recurrent
+  buffer's split point) are restored, so every call repeats exactly the same computation.
 - ``learn``: the wall-clock of ``learn()`` for a fixed number of environment steps from a freshly
   built model (rollout collection included), reported as a time ratio, the inverse of the FPS ratio.
 """
@@ -30,7 +34,7 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecFrameStack
 
-from sb3_ppo_variants.benchmark.algorithms import ALGORITHMS
+from sb3_ppo_variants.benchmark.algorithms import ALGORITHMS, CONTRIB_ALGORITHMS, COST_ALGORITHMS, Algorithm
 from sb3_ppo_variants.benchmark.plots import plot_cost
 from sb3_ppo_variants.benchmark.provenance import provenance
 
@@ -45,11 +49,19 @@ ROLLOUT_FIELDS = (
     "log_probs",
     "advantages",
 )
+# compared too where the buffer has them: MaskablePPO's masks, RecurrentPPO's LSTM states at each step
+EXTRA_ROLLOUT_FIELDS = ("action_masks", "hidden_states_pi", "cell_states_pi", "hidden_states_vf", "cell_states_vf")
 
 
 @dataclass(frozen=True)
 class CostSetting:
-    """An environment, a policy and the shared hyperparameters of one cost measurement."""
+    """An environment, a policy and the shared hyperparameters of one cost measurement.
+
+    ``reference`` is the class every other algorithm is timed against; ``algorithms`` the ones the setting
+    can measure (empty: the registry's PPO variants and configurations, ``ALGORITHMS`` without ``ppo``) and
+    ``default_algorithms`` those measured when none are named (empty: all of ``algorithms``, or
+    ``COST_ALGORITHMS`` for the PPO settings).
+    """
 
     name: str
     description: str
@@ -60,10 +72,35 @@ class CostSetting:
     fps_timesteps: int
     train_repeats_scale: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
+    reference: Algorithm = ALGORITHMS["ppo"]
+    algorithms: dict[str, Algorithm] = field(default_factory=dict)
+    default_algorithms: tuple[str, ...] = ()
+
+    def available(self) -> dict[str, Algorithm]:
+        """The algorithms this setting can time against its reference, by name."""
+        if self.algorithms:
+            return dict(self.algorithms)
+        return {name: algorithm for name, algorithm in ALGORITHMS.items() if name != self.reference.name}
+
+    def defaults(self) -> list[str]:
+        """The algorithms measured when none are named."""
+        if self.default_algorithms:
+            return list(self.default_algorithms)
+        return list(self.algorithms) if self.algorithms else list(COST_ALGORITHMS)
 
 
 def _cartpole() -> VecEnv:
     return make_vec_env("CartPole-v1", n_envs=1, seed=SEED)
+
+
+def _invalid_actions() -> VecEnv:
+    from sb3_contrib.common.envs import InvalidActionEnvDiscrete
+
+    return make_vec_env(InvalidActionEnvDiscrete, n_envs=1, seed=SEED, env_kwargs={"dim": 20, "n_invalid_actions": 10})
+
+
+def _cartpole_8() -> VecEnv:
+    return make_vec_env("CartPole-v1", n_envs=8, seed=SEED)
 
 
 def _pong() -> VecEnv:
@@ -98,11 +135,56 @@ COST_SETTINGS = {
         default_threads=2,
         fps_timesteps=1024,
     ),
+    "masked": CostSetting(
+        name="masked",
+        description="sb3-contrib's InvalidActionEnvDiscrete (dim=20, n_invalid_actions=10, 1 env), MlpPolicy, "
+        "MaskablePPO's default hyperparameters (n_steps=2048, batch_size=64, n_epochs=10: 320 minibatches per "
+        "train()), against MaskablePPO",
+        make_env=_invalid_actions,
+        policy="MlpPolicy",
+        hyperparameters={},
+        default_threads=1,
+        fps_timesteps=2048,
+        reference=CONTRIB_ALGORITHMS["maskable_ppo"],
+        algorithms={name: CONTRIB_ALGORITHMS[name] for name in ("maskable_variant", "maskable_logit")},
+    ),
+    "recurrent": CostSetting(
+        name="recurrent",
+        description="CartPole-v1, MlpLstmPolicy (RecurrentPPO's defaults: one LSTM of 256 for the actor, one for "
+        "the critic), rl-zoo3's CartPoleNoVel rollout (8 envs × n_steps=32, batch_size=256), n_epochs=10: "
+        "10 minibatches of 256 steps per train(), against RecurrentPPO",
+        make_env=_cartpole_8,
+        policy="MlpLstmPolicy",
+        hyperparameters=dict(n_steps=32, batch_size=256, n_epochs=10),
+        default_threads=1,
+        fps_timesteps=512,
+        reference=CONTRIB_ALGORITHMS["recurrent_ppo"],
+        algorithms={name: CONTRIB_ALGORITHMS[name] for name in ("recurrent_variant", "recurrent_logit")},
+    ),
 }
 
 
+def algorithms_for(setting: CostSetting, names: list[str] | None) -> list[str]:
+    """The algorithms to time on ``setting``: ``names``, or the setting's defaults when ``None``.
+
+    A name the setting cannot measure (a PPO variant on a contrib setting, or the reverse) is an error that
+    lists the setting's algorithms; the reference itself is left out.
+    """
+    if names is None:
+        return setting.defaults()
+    available = setting.available()
+    unknown = [name for name in names if name not in available and name != setting.reference.name]
+    if unknown:
+        raise ValueError(
+            f"setting {setting.name!r} times against {setting.reference.algorithm_class.__name__} and measures "
+            f"{sorted(available)}; not {unknown}"
+        )
+    return [name for name in names if name != setting.reference.name]
+
+
 def _build(name: str, setting: CostSetting, env: VecEnv) -> OnPolicyAlgorithm:
-    model = ALGORITHMS[name].build(setting.policy, env, seed=SEED, device="cpu", **setting.hyperparameters)
+    algorithm = setting.reference if name == setting.reference.name else setting.available()[name]
+    model = algorithm.build(setting.policy, env, seed=SEED, device="cpu", **setting.hyperparameters)
     model.set_logger(configure(folder=None, format_strings=[]))
     return model
 
@@ -125,7 +207,7 @@ class TrainSnapshot:
         self.model.policy.optimizer.load_state_dict(self.optimizer_state)
         for name, value in self.attributes.items():
             setattr(self.model, name, copy.deepcopy(value))
-        # SB3's buffer draws its minibatch permutation from NumPy's global state
+        # the buffers draw their minibatch permutation (RecurrentPPO's: its split point) from NumPy's global state
         np.random.seed(SEED)  # noqa: NPY002
         th.manual_seed(SEED)
 
@@ -140,29 +222,44 @@ def collect_rollout(model: OnPolicyAlgorithm) -> None:
     """Fill the model's buffer with one rollout from the seeded environment and torch random state.
 
     Models built from the same seed have the same weights, so every algorithm collects the same
-    rollout, through its own collection code (a variant may record extra data while collecting).
+    rollout, through its own collection code (a variant may record extra data while collecting;
+    MaskablePPO's collects with the environment's action masks, RecurrentPPO's carries the LSTM states).
     """
     env = model.get_env()
     assert env is not None
     env.seed(SEED)
     th.manual_seed(SEED)
+    np.random.seed(SEED)  # noqa: NPY002  # InvalidActionEnvDiscrete draws its invalid actions from it
     _, callback = model._setup_learn(model.n_steps * model.n_envs, callback=None)
     model.collect_rollouts(env, callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
 
 
+def check_same_rollouts(models: dict[str, OnPolicyAlgorithm], reference: str) -> list[str]:
+    """Raise unless every model's buffer holds the reference's rollout; return the fields compared.
+
+    The common fields always; the action masks and LSTM states where the reference's buffer has them.
+    """
+    expected = models[reference].rollout_buffer
+    fields = [*ROLLOUT_FIELDS, *(name for name in EXTRA_ROLLOUT_FIELDS if hasattr(expected, name))]
+    for name, model in models.items():
+        for field_name in fields:
+            value = getattr(model.rollout_buffer, field_name, None)
+            if value is None or not np.array_equal(value, getattr(expected, field_name)):
+                raise RuntimeError(
+                    f"{name} collected a different rollout from {reference} ({field_name}); "
+                    "the timings would not compare"
+                )
+    return fields
+
+
 def measure_train(setting: CostSetting, algorithms: list[str], repeats: int) -> list[dict[str, Any]]:
     """Paired ``train()`` timings on one shared rollout; one row per timed pair."""
+    reference = setting.reference.name
     # a fresh environment each: Atari's EpisodicLifeEnv ignores the reset seed in the middle of an episode
-    models = {name: _build(name, setting, setting.make_env()) for name in ["ppo", *algorithms]}
+    models = {name: _build(name, setting, setting.make_env()) for name in [reference, *algorithms]}
     for model in models.values():
         collect_rollout(model)
-    reference = models["ppo"].rollout_buffer
-    for name, model in models.items():
-        for field_name in ROLLOUT_FIELDS:
-            if not np.array_equal(getattr(model.rollout_buffer, field_name), getattr(reference, field_name)):
-                raise RuntimeError(
-                    f"{name} collected a different rollout ({field_name}); the timings would not compare"
-                )
+    check_same_rollouts(models, reference)
     snapshots = {}
     for name, model in models.items():
         snapshot = TrainSnapshot(model)
@@ -177,9 +274,9 @@ def measure_train(setting: CostSetting, algorithms: list[str], repeats: int) -> 
     rows = []
     for repeat in range(repeats):
         for name in algorithms:
-            order = ["ppo", name] if (repeat + algorithms.index(name)) % 2 == 0 else [name, "ppo"]
+            order = [reference, name] if (repeat + algorithms.index(name)) % 2 == 0 else [name, reference]
             seconds = {label: time_train(label) for label in order}
-            rows.append(_row(setting, "train", repeat, name, seconds["ppo"], seconds[name]))
+            rows.append(_row(setting, "train", repeat, name, seconds[reference], seconds[name]))
     for model in models.values():
         env = model.get_env()
         if env is not None:
@@ -196,27 +293,29 @@ def measure_learn(
         model = _build(name, setting, env)
         return _timed(lambda: model.learn(total_timesteps=timesteps))
 
-    time_learn("ppo")  # warm-up: environment and allocator caches
+    reference = setting.reference.name
+    time_learn(reference)  # warm-up: environment and allocator caches
     rows = []
     for repeat in range(repeats):
         for name in algorithms:
-            order = ["ppo", name] if (repeat + algorithms.index(name)) % 2 == 0 else [name, "ppo"]
+            order = [reference, name] if (repeat + algorithms.index(name)) % 2 == 0 else [name, reference]
             seconds = {label: time_learn(label) for label in order}
-            rows.append(_row(setting, "learn", repeat, name, seconds["ppo"], seconds[name], timesteps))
+            rows.append(_row(setting, "learn", repeat, name, seconds[reference], seconds[name], timesteps))
     return rows
 
 
 def _row(
-    setting: CostSetting, measure: str, repeat: int, name: str, ppo: float, variant: float, timesteps: int = 0
+    setting: CostSetting, measure: str, repeat: int, name: str, reference: float, variant: float, timesteps: int = 0
 ) -> dict[str, Any]:
     return {
         "setting": setting.name,
         "measure": measure,
         "repeat": repeat,
         "algorithm": name,
-        "ppo_seconds": round(ppo, 5),
+        "reference": setting.reference.name,
+        "reference_seconds": round(reference, 5),
         "variant_seconds": round(variant, 5),
-        "ratio": round(variant / ppo, 5),
+        "ratio": round(variant / reference, 5),
         "timesteps": timesteps,
         "threads": th.get_num_threads(),
     }
@@ -231,23 +330,24 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (setting, measure, name), group in groups.items():
         ratios = [row["ratio"] for row in group]
         quartiles = np.percentile(ratios, [25, 75])
-        ppo = statistics.median(row["ppo_seconds"] for row in group)
+        reference = statistics.median(row["reference_seconds"] for row in group)
         variant = statistics.median(row["variant_seconds"] for row in group)
         entry = {
             "setting": setting,
             "measure": measure,
             "algorithm": name,
+            "reference": group[0]["reference"],
             "median_ratio": round(statistics.median(ratios), 4),
             "ratio_q25": round(float(quartiles[0]), 4),
             "ratio_q75": round(float(quartiles[1]), 4),
             "pairs": len(group),
-            "ppo_median_seconds": round(ppo, 4),
+            "reference_median_seconds": round(reference, 4),
             "variant_median_seconds": round(variant, 4),
             "threads": group[0]["threads"],
         }
         if measure == "learn":
             timesteps = group[0]["timesteps"]
-            entry["ppo_fps"] = round(timesteps / ppo, 1)
+            entry["reference_fps"] = round(timesteps / reference, 1)
             entry["variant_fps"] = round(timesteps / variant, 1)
         summary.append(entry)
     return summary
@@ -264,30 +364,36 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def write_results(
-    output: Path, plots_directory: Path, rows: list[dict[str, Any]], settings_used: dict[str, Any]
+    output: Path,
+    plots_directory: Path,
+    rows: list[dict[str, Any]],
+    settings_used: dict[str, Any],
+    plot_name: str = "cost",
 ) -> list[dict[str, Any]]:
-    """Write ``cost_raw.csv``, ``cost.csv``, ``cost_provenance.json`` and ``cost.png``; return the summary."""
+    """Write ``cost_raw.csv``, ``cost.csv``, ``cost_provenance.json`` and ``<plot_name>.png``; return the summary."""
     summary = summarise(rows)
     (output / "cost_provenance.json").write_text(json.dumps({**provenance(), "settings": settings_used}, indent=2))
     _write_csv(output / "cost_raw.csv", rows)
     _write_csv(output / "cost.csv", summary)
-    plot_cost(summary, plots_directory / "cost.png")
+    plot_cost(summary, plots_directory / f"{plot_name}.png")
     return summary
 
 
 def run_cost_benchmark(
     output: Path,
     settings: list[str],
-    algorithms: list[str],
+    algorithms: list[str] | None,
     repeats: list[int],
     fps_repeats: list[int],
     fps_timesteps: int | None = None,
     threads: list[int] | None = None,
     plots_directory: Path | None = None,
+    plot_name: str = "cost",
 ) -> list[dict[str, Any]]:
-    """Measure every setting; write ``cost_raw.csv`` and ``cost.csv`` into ``output``, ``cost.png`` into
+    """Measure every setting; write ``cost_raw.csv`` and ``cost.csv`` into ``output``, ``<plot_name>.png`` into
     ``plots_directory`` (default ``output``). The files are rewritten after each setting.
 
+    ``algorithms`` (``None``: each setting's defaults) must all be measurable on every setting (``algorithms_for``).
     ``repeats``, ``fps_repeats`` and ``threads`` give one value per setting, in order (the last one is reused).
     """
 
@@ -297,7 +403,7 @@ def run_cost_benchmark(
     plots_directory = plots_directory or output
     output.mkdir(parents=True, exist_ok=True)
     plots_directory.mkdir(parents=True, exist_ok=True)
-    algorithms = [name for name in algorithms if name != "ppo"]
+    chosen = {name: algorithms_for(COST_SETTINGS[name], algorithms) for name in settings}  # every error first
     rows: list[dict[str, Any]] = []
     settings_used: dict[str, Any] = {}
     summary: list[dict[str, Any]] = []
@@ -305,18 +411,22 @@ def run_cost_benchmark(
         setting = COST_SETTINGS[name]
         th.set_num_threads(for_setting(threads, index) if threads else setting.default_threads)
         start = time.perf_counter()
-        rows += measure_train(setting, algorithms, for_setting(repeats, index))
+        rows += measure_train(setting, chosen[name], for_setting(repeats, index))
         if for_setting(fps_repeats, index) > 0:
             env = setting.make_env()
             timesteps = fps_timesteps or setting.fps_timesteps
-            rows += measure_learn(setting, algorithms, for_setting(fps_repeats, index), timesteps, env)
+            rows += measure_learn(setting, chosen[name], for_setting(fps_repeats, index), timesteps, env)
             env.close()
-        settings_used[name] = {"description": setting.description, "torch_threads": th.get_num_threads()}
+        settings_used[name] = {
+            "description": setting.description,
+            "reference": setting.reference.algorithm_class.__name__,
+            "torch_threads": th.get_num_threads(),
+        }
         print(f"cost {name}: {time.perf_counter() - start:.0f} s with {th.get_num_threads()} torch threads", flush=True)
-        summary = write_results(output, plots_directory, rows, settings_used)
+        summary = write_results(output, plots_directory, rows, settings_used, plot_name)
     for entry in summary:
         print(
-            f"{entry['setting']:>4} {entry['measure']:>5} {entry['algorithm']:>10}: "
+            f"{entry['setting']:>9} {entry['measure']:>5} {entry['algorithm']:>17} / {entry['reference']}: "
             f"×{entry['median_ratio']:.3f} [{entry['ratio_q25']:.3f}, {entry['ratio_q75']:.3f}]",
             flush=True,
         )

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sb3_ppo_variants.benchmark.algorithms import ALGORITHMS, LABELS
+from sb3_ppo_variants.benchmark.algorithms import ALGORITHMS, CONTRIB_ALGORITHMS, CONTRIB_LABELS, LABELS
 
 # One colour per algorithm, in the registry's order, the same in every figure; SB3's PPO is black.
 COLOURS = {
@@ -20,11 +20,17 @@ COLOURS = {
         name: matplotlib.colors.to_hex(plt.get_cmap("tab20")(index % 20))
         for index, name in enumerate(name for name in ALGORITHMS if name != "ppo")
     },
+    **{
+        name: matplotlib.colors.to_hex(plt.get_cmap("Dark2")(index % 8))
+        for index, name in enumerate(name for name in CONTRIB_ALGORITHMS)
+    },
 }
+# the settings of the cost benchmark, in the order of its plot
+COST_SETTING_ORDER = ("mlp", "cnn", "masked", "recurrent")
 
 
 def label(name: str) -> str:
-    return LABELS.get(name, name)
+    return LABELS.get(name) or CONTRIB_LABELS.get(name, name)
 
 
 def colour(name: str) -> str:
@@ -32,8 +38,10 @@ def colour(name: str) -> str:
 
 
 def plot_cost(summary: list[dict[str, Any]], path: Path) -> None:
-    """Median time ratio (variant / PPO) with its interquartile range, per setting and measure."""
-    settings = [name for name in ("mlp", "cnn") if any(entry["setting"] == name for entry in summary)]
+    """Median time ratio (variant / the setting's reference) with its interquartile range, per setting and measure."""
+    present = list(dict.fromkeys(entry["setting"] for entry in summary))
+    settings = [name for name in COST_SETTING_ORDER if name in present]
+    settings += [name for name in present if name not in settings]
     measures = [name for name in ("train", "learn") if any(entry["measure"] == name for entry in summary)]
     figure, axes = plt.subplots(
         len(settings), len(measures), figsize=(5.6 * len(measures), 3.4 * len(settings)), squeeze=False
@@ -66,7 +74,8 @@ def plot_cost(summary: list[dict[str, Any]], path: Path) -> None:
             what = "train() on one rollout" if measure == "train" else "learn() wall-clock (1 / FPS)"
             threads = entries[0]["threads"]
             axis.set_title(f"{setting.upper()}: {what}, {threads} torch thread{'s' if threads > 1 else ''}", fontsize=9)
-            axis.set_xlabel("time ratio variant / PPO: median, IQR (pairs)", fontsize=8)
+            reference = label(entries[0].get("reference", "ppo")).removesuffix(" (SB3)").removesuffix(" (sb3-contrib)")
+            axis.set_xlabel(f"time ratio variant / {reference}: median, IQR (pairs)", fontsize=8)
             axis.tick_params(labelsize=8)
             axis.legend(loc="lower right", fontsize=7)
     figure.tight_layout()

@@ -16,6 +16,7 @@ PACKAGES = (
     "sb3-ppo-variants",
     "torch",
     "stable-baselines3",
+    "sb3-contrib",
     "rl-zoo3",
     "gymnasium",
     "ale-py",
