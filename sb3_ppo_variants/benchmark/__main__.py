@@ -6,6 +6,8 @@
 - ``report``: tables (CSV, Markdown) and PNG plots from the runs on disk;
 - ``study``: the collapse study's outcomes, collapse rates with intervals and tests, and plots
   (the definition in ``collapse_study.py`` and ``docs/benchmarks.md``);
+- ``pilot``: the powered study's candidate settings from PPO's pilot runs, and the ones its rule chooses;
+- ``extension``: the powered study's analysis (``extension_study.py``, preregistered in ``docs/benchmarks.md``);
 - ``pong``: the seed's Pong settings to 2M agent steps through rl-zoo3, resumable (``pong.py``).
 
 Runs already on disk are skipped, so ``learn`` and ``collapse`` resume after an interruption. They run
@@ -105,6 +107,20 @@ def main(argv: list[str] | None = None) -> int:
     study.add_argument("--name", default="collapse_study", help="prefix of the files written")
     study.add_argument("--bootstrap-reps", type=int, default=2000)
 
+    pilot = subcommands.add_parser("pilot", help="the powered study's settings, chosen from PPO's pilot runs")
+    pilot.add_argument("--runs", type=Path, required=True, help="directory of PPO's pilot runs")
+    pilot.add_argument("--output", type=Path, required=True, help="directory for <name>.csv and <name>.md")
+    pilot.add_argument("--name", default="pilot", help="prefix of the files written")
+
+    extension = subcommands.add_parser("extension", help="the powered collapse study's preregistered analysis")
+    extension.add_argument("--runs", type=Path, required=True, help="directory of the study's runs")
+    extension.add_argument("--output", type=Path, required=True, help="directory for the CSV/Markdown tables")
+    extension.add_argument("--plots", type=Path, default=None, help="directory for the PNGs (default: --output)")
+    extension.add_argument(
+        "--sb3-runs", type=Path, default=None, help="the SB3 runner's PPO runs of the same settings (cross-check)"
+    )
+    extension.add_argument("--bootstrap-reps", type=int, default=2000)
+
     power = subcommands.add_parser("power", help="what the collapse study's tests can detect, before it runs")
     power.add_argument("--runs-per-arm", type=int, nargs="+", default=[40, 50, 100], help="competent runs per cell")
     power.add_argument("--baseline-rates", type=float, nargs="+", default=[0.3, 0.5, 0.7], help="PPO's event rate")
@@ -187,6 +203,22 @@ def main(argv: list[str] | None = None) -> int:
             args.runs, args.output, args.plots or args.output, args.name, bootstrap_reps=args.bootstrap_reps
         )
         print(table.to_string(index=False))
+    elif args.command == "pilot":
+        from sb3_ppo_variants.benchmark.extension_study import format_pilot_report, write_pilot_report
+
+        selection = write_pilot_report(args.runs, args.output, args.name)
+        print(format_pilot_report(selection, args.runs), end="")
+    elif args.command == "extension":
+        from sb3_ppo_variants.benchmark.extension_study import write_extension_report
+
+        analysis = write_extension_report(
+            args.runs, args.output, args.plots, args.sb3_runs, bootstrap_reps=args.bootstrap_reps
+        )
+        print("\n".join(analysis.sentences) or "no arm besides PPO has runs")
+        if analysis.skipped_training:
+            print(
+                f"{analysis.skipped_training} runs without training-episode records: left out of the training endpoints"
+            )
     elif args.command == "power":
         from sb3_ppo_variants.benchmark.power import format_power_report
 
