@@ -220,21 +220,28 @@ def test_a_separate_trunk_replaces_the_third_when_none_of_the_three_has_one() ->
 
 
 def test_too_few_qualifying_settings_ask_for_the_larger_learning_rate() -> None:
-    table = pilot_table(
-        candidates(
-            (SHARED, 0.01, 20, 20, 10),
-            (SHARED + "-zoo", 0.01, 20, 20, 9),  # same slot as the first
-            (SEPARATE, 0.01, 20, 20, 2),  # 0.1: does not qualify
-            ("pilot/Acrobot-v1-shared", 0.01, 20, 20, 1),
-        )
+    runs = candidates(
+        (SHARED, 0.01, 20, 20, 10),
+        (SHARED + "-zoo", 0.01, 20, 20, 9),  # same slot as the first
+        (SEPARATE, 0.01, 20, 20, 2),  # 0.1: does not qualify
+        ("pilot/Acrobot-v1-shared", 0.01, 20, 20, 1),
     )
+    table = pilot_table(runs)
     selection = select_settings(table)
     assert chosen(selection) == [(SHARED, 0.01)]
     assert not selection.enough and len(selection.missing) == 2
     assert missing_kinds(selection) == [("Acrobot-v1", "shared"), ("CartPole-v1", "separate")]
     report = format_pilot_report(selection, Path("benchmark_runs/pilot_extension"))
-    assert "--lr-scales 50" in report and "--tasks pilot/CartPole-v1-separate pilot/Acrobot-v1-shared" in report
+    assert (
+        "--lr-scales 50" in report
+        and "--tasks pilot/Acrobot-v1-shared pilot/CartPole-v1-separate --algorithms" in report
+    )
     assert "only 1 of the 3" in report and "MlpPolicy" in report
+    # after lr 5e-2 ran for the separate trunk only, the rule asks for Acrobot's shared trunk alone
+    larger = select_settings(pilot_table(pd.concat([runs, candidates((SEPARATE, 0.05, 20, 20, 1))])))
+    report = format_pilot_report(larger)
+    assert "lr 5e-2 has run for CartPole-v1 (separate)" in report
+    assert "--tasks pilot/Acrobot-v1-shared --algorithms ppo --lr-scales 50" in report
 
 
 def test_the_pooled_test_and_odds_ratio_agree_with_statsmodels() -> None:
@@ -307,8 +314,12 @@ def test_the_pilot_and_extension_commands_end_to_end(tmp_path: Path, capsys: pyt
             write_run(study, task, "ppo", seed, [TRANSIENT, LASTING, TWO_DROPS, TRANSIENT, STEADY, STEADY][seed])
             logit = [STEADY, STEADY, SHORT_DIP, STEADY, LASTING, NEVER][seed]
             write_run(study, task, "logit", seed, logit, training=([500.0] * 30, ends) if seed < 3 else None)
+    sb3 = tmp_path / "sb3"
+    for seed, curve in enumerate([STEADY, STEADY, STEADY, LASTING]):  # the SB3 runner's PPO, shared trunk only
+        write_run(sb3, SHARED, "ppo", seed, curve)
     output = tmp_path / "out"
-    assert main(["extension", "--runs", str(study), "--output", str(output), "--bootstrap-reps", "50"]) == 0
+    command = ["extension", "--runs", str(study), "--sb3-runs", str(sb3), "--output", str(output)]
+    assert main([*command, "--bootstrap-reps", "50"]) == 0
     printed = capsys.readouterr().out
     assert "LogitPPO: no detectable difference at this sample size (any drop in 2/10 competent runs against " in (
         printed
@@ -328,5 +339,11 @@ def test_the_pilot_and_extension_commands_end_to_end(tmp_path: Path, capsys: pyt
     assert pooled["settings"].tolist() == [2] and pooled["odds_ratio"].iloc[0] < 1
     training = pd.read_csv(output / "extension_training_any_drop.csv")
     assert training["competent"].tolist() == [3, 3] and training["events"].tolist() == [0, 0]
+    cross_check = pd.read_csv(output / "extension_cross_check.csv")
+    assert cross_check["task"].tolist() == [SHARED]
+    assert cross_check[["engine_any_drop", "engine_competent", "sb3_any_drop", "sb3_competent"]].values.tolist() == [
+        [4, 6, 1, 4]
+    ]
+    assert cross_check["p_any_drop"].iloc[0] == pytest.approx(scipy_fisher_exact([[4, 2], [1, 3]]).pvalue)
     for name in ("extension.md", "extension_forest.png", "extension_rate_differences.png", "extension_runs.csv"):
         assert (output / name).stat().st_size > 0

@@ -77,6 +77,8 @@ PREREGISTERED_ARMS: tuple[str, ...] = (
 STUDY_SEEDS = 50
 """Seeds 0–49 in every cell; a cell with fewer is reported as incomplete."""
 PILOT_RUNS = 20
+LARGEST_LEARNING_RATE = 0.05
+"""The rate the pilot adds (``--lr-scales 50``) for the kinds of setting that did not qualify."""
 INSTABILITY_LEVEL = 0.5
 ALPHA = 0.05
 
@@ -365,26 +367,25 @@ def format_pilot_report(selection: PilotSelection, runs_directory: Path | None =
     for reason in selection.missing:
         lines.append(f"- Not enough: {reason}.")
     kinds = missing_kinds(selection)
-    if kinds:
-        from sb3_ppo_variants.benchmark.tasks import TASKS
-
-        tasks = [
-            name
-            for name in TASKS
-            if name.startswith("pilot/")
-            and (task_kind(name)["environment"], task_kind(name)["trunk"]) in kinds
-            and any(t == name for t in table["task"])
-        ]
-        if 0.05 in set(np.round(table["learning_rate"], 12)):
-            lines.append("- lr 5e-2 has run: the study runs on the settings that qualify, and says so.")
-        else:
-            lines.append(
-                "- The rule adds lr 5e-2 for "
-                + ", ".join(f"{environment} ({trunk})" for environment, trunk in kinds)
-                + ": `python -m sb3_ppo_variants.benchmark collapse --engine batched --runs "
-                + f"{runs_directory or '<runs>'} --tasks {' '.join(tasks)} --algorithms ppo --lr-scales 50 "
-                + "--seeds $(seq 1000 1019) --threads 1`, then this command again."
-            )
+    kind = table[["environment", "trunk"]].apply(tuple, axis=1)
+    largest = np.isclose(table["learning_rate"], LARGEST_LEARNING_RATE)
+    done = sorted(set(kind[largest]) & set(kinds))
+    to_run = [pair for pair in kinds if pair not in done]
+    if done:
+        lines.append(
+            "- lr 5e-2 has run for "
+            + ", ".join(f"{environment} ({trunk})" for environment, trunk in done)
+            + ": the study runs on the settings that qualify, and says so."
+        )
+    if to_run:
+        tasks = sorted(set(table.loc[kind.isin(to_run), "task"]))
+        lines.append(
+            "- The rule adds lr 5e-2 for "
+            + ", ".join(f"{environment} ({trunk})" for environment, trunk in to_run)
+            + ": `python -m sb3_ppo_variants.benchmark collapse --engine batched --runs "
+            + f"{runs_directory or '<runs>'} --tasks {' '.join(tasks)} --algorithms ppo --lr-scales 50 "
+            + "--seeds $(seq 1000 1019) --threads 1`, then this command again."
+        )
     return "\n".join(lines) + "\n"
 
 
