@@ -357,11 +357,17 @@ def format_pilot_report(selection: PilotSelection, runs_directory: Path | None =
             f"{row.competent} ({row.competent_fraction:.0%}) | {rate}{interval} | {collapse} | {drops} | "
             f"{'yes' if row.qualifies else 'no'} |"
         )
-    lines += ["", "Chosen settings (closest to 0.5 first):"]
+    from sb3_ppo_variants.benchmark.tasks import TASKS
+
+    lines += ["", "Chosen settings, in the order the rule takes them:"]
     if selection.chosen.empty:
         lines.append("- none")
     for row in selection.chosen.itertuples():
-        lines.append(f"- {row.task} at lr {row.learning_rate:g}: any-drop rate {row.rate:.2f} ({row.trunk} trunk)")
+        scale = row.learning_rate / TASKS[row.task].hyperparameters["learning_rate"]
+        lines.append(
+            f"- {row.task} at lr {row.learning_rate:g} (`--tasks {row.task} --lr-scales {scale:g}`): "
+            f"any-drop rate {row.rate:.2f} ({row.trunk} trunk)"
+        )
     if selection.replaced:
         lines.append(f"- {selection.replaced} was replaced by the closest qualifying MlpPolicy candidate")
     for reason in selection.missing:
@@ -377,6 +383,8 @@ def format_pilot_report(selection: PilotSelection, runs_directory: Path | None =
             + ", ".join(f"{environment} ({trunk})" for environment, trunk in done)
             + ": the study runs on the settings that qualify, and says so."
         )
+    if selection.missing and not kinds:
+        lines.append("- Every (environment, trunk) run so far has a qualifying setting: run the pilot's other tasks.")
     if to_run:
         tasks = sorted(set(table.loc[kind.isin(to_run), "task"]))
         lines.append(
