@@ -9,6 +9,8 @@
   (the definition in ``collapse_study.py`` and ``docs/benchmarks.md``);
 - ``throughput``: environment steps per CPU-second of the batched and the SB3 engine on one grid;
 - ``agreement``: whether the SB3 engine and the batched engine train the same grid alike (``agreement.py``);
+- ``pilot``: the powered study's candidate settings from PPO's pilot runs, and the ones its rule chooses;
+- ``extension``: the powered study's analysis (``extension_study.py``, preregistered in ``docs/benchmarks.md``);
 - ``pong``: the seed's Pong settings to 2M agent steps through rl-zoo3, resumable (``pong.py``).
 
 Runs already on disk are skipped, so ``learn`` and ``collapse`` resume after an interruption. They run
@@ -152,6 +154,19 @@ def main(argv: list[str] | None = None) -> int:
     throughput.add_argument("--sb3-seeds", type=int, default=2, help="the SB3 engine trains the first N seeds")
     throughput.add_argument("--workers", type=int, default=None, help="processes at once (default: every core)")
     throughput.add_argument("--profile-agents", type=int, default=20, help="agents in the profiled group (0: none)")
+    pilot = subcommands.add_parser("pilot", help="the powered study's settings, chosen from PPO's pilot runs")
+    pilot.add_argument("--runs", type=Path, required=True, help="directory of PPO's pilot runs")
+    pilot.add_argument("--output", type=Path, required=True, help="directory for <name>.csv and <name>.md")
+    pilot.add_argument("--name", default="pilot", help="prefix of the files written")
+
+    extension = subcommands.add_parser("extension", help="the powered collapse study's preregistered analysis")
+    extension.add_argument("--runs", type=Path, required=True, help="directory of the study's runs")
+    extension.add_argument("--output", type=Path, required=True, help="directory for the CSV/Markdown tables")
+    extension.add_argument("--plots", type=Path, default=None, help="directory for the PNGs (default: --output)")
+    extension.add_argument(
+        "--sb3-runs", type=Path, default=None, help="the SB3 runner's PPO runs of the same settings (cross-check)"
+    )
+    extension.add_argument("--bootstrap-reps", type=int, default=2000)
 
     power = subcommands.add_parser("power", help="what the collapse study's tests can detect, before it runs")
     power.add_argument("--runs-per-arm", type=int, nargs="+", default=[40, 50, 100], help="competent runs per cell")
@@ -276,6 +291,22 @@ def main(argv: list[str] | None = None) -> int:
             args.profile_agents,
         )
         print(throughput_markdown(result), end="")
+    elif args.command == "pilot":
+        from sb3_ppo_variants.benchmark.extension_study import format_pilot_report, write_pilot_report
+
+        selection = write_pilot_report(args.runs, args.output, args.name)
+        print(format_pilot_report(selection, args.runs), end="")
+    elif args.command == "extension":
+        from sb3_ppo_variants.benchmark.extension_study import write_extension_report
+
+        analysis = write_extension_report(
+            args.runs, args.output, args.plots, args.sb3_runs, bootstrap_reps=args.bootstrap_reps
+        )
+        print("\n".join(analysis.sentences) or "no arm besides PPO has runs")
+        if analysis.skipped_training:
+            print(
+                f"{analysis.skipped_training} runs without training-episode records: left out of the training endpoints"
+            )
     elif args.command == "power":
         from sb3_ppo_variants.benchmark.power import format_power_report
 

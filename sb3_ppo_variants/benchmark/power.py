@@ -65,13 +65,9 @@ def mann_whitney_detectable_effect(n_baseline: int, n_arm: int, level: float, po
     return z * math.sqrt(1 / n_baseline + 1 / n_arm) / math.sqrt(3 / math.pi)
 
 
-def cochran_mantel_haenszel(events: np.ndarray, runs: np.ndarray | int) -> np.ndarray:
-    """Two-sided p-values of the Cochran–Mantel–Haenszel test (no continuity correction), vectorised.
-
-    ``events[..., k, g]`` events out of ``runs[..., k, g]`` runs in stratum (setting) ``k`` for group ``g``
-    (0 the baseline, 1 the arm); leading axes index independent tables. Strata without both outcomes
-    carry no information and add nothing.
-    """
+def cmh_statistic(events: np.ndarray, runs: np.ndarray | int) -> np.ndarray:
+    """The Cochran–Mantel–Haenszel chi-squared statistic (one degree of freedom, no continuity correction),
+    vectorised as ``cochran_mantel_haenszel``; 0 where no stratum carries information."""
     events = np.asarray(events, dtype=float)
     runs = np.broadcast_to(np.asarray(runs, dtype=float), events.shape)
     total = runs.sum(axis=-1)
@@ -80,8 +76,17 @@ def cochran_mantel_haenszel(events: np.ndarray, runs: np.ndarray | int) -> np.nd
     variance = runs[..., 0] * runs[..., 1] * with_event * (total - with_event) / (total**2 * (total - 1))
     deviation = (events[..., 1] - expected).sum(axis=-1)
     spread = variance.sum(axis=-1)
-    statistic = np.divide(deviation**2, spread, out=np.zeros_like(spread), where=spread > 0)
-    return chi2.sf(statistic, df=1)
+    return np.divide(deviation**2, spread, out=np.zeros_like(spread), where=spread > 0)
+
+
+def cochran_mantel_haenszel(events: np.ndarray, runs: np.ndarray | int) -> np.ndarray:
+    """Two-sided p-values of the Cochran–Mantel–Haenszel test (no continuity correction), vectorised.
+
+    ``events[..., k, g]`` events out of ``runs[..., k, g]`` runs in stratum (setting) ``k`` for group ``g``
+    (0 the baseline, 1 the arm); leading axes index independent tables. Strata without both outcomes
+    carry no information and add nothing.
+    """
+    return chi2.sf(cmh_statistic(events, runs), df=1)
 
 
 def cmh_power(
