@@ -28,6 +28,7 @@ from sb3_ppo_variants.benchmark.collapse_study import (
     score_intervals,
     wilson_interval,
 )
+from sb3_ppo_variants.benchmark.extension_study import seed_ranges
 
 EVENTS = {
     "competent": ("reached_competence", "runs"),
@@ -76,7 +77,7 @@ def agreement_table(outcomes: pd.DataFrame, reps: int = 2000) -> pd.DataFrame:
                 "any_drop": int((group["any_drop"] & group["reached_competence"]).sum()),
             }
             row[f"{engine}_runs"] = len(group)
-            row[f"{engine}_seeds"] = _seed_range(group["seed"])
+            row[f"{engine}_seeds"] = seed_ranges(group["seed"].tolist())
         for event, (column, base) in EVENTS.items():
             for engine in engines:
                 successes, trials = counts[engine][column], counts[engine][base]
@@ -100,13 +101,6 @@ def agreement_table(outcomes: pd.DataFrame, reps: int = 2000) -> pd.DataFrame:
         row["engines_differ"] = max(lows) > min(highs) or any(p < 0.05 for p in p_values if not math.isnan(p))
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _seed_range(seeds: pd.Series) -> str:
-    values = sorted(int(seed) for seed in seeds)
-    if values == list(range(values[0], values[-1] + 1)):
-        return f"{values[0]}–{values[-1]}"
-    return " ".join(map(str, values))
 
 
 def agreement_markdown(table: pd.DataFrame, engines: list[str]) -> str:
