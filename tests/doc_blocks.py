@@ -140,7 +140,13 @@ def _shrink_benchmark(args: list[str]) -> list[str]:
         options = _first(options, ("--algorithms",), variant)
         options = _set(options, ("--repeats",), "1")
         options = _set(options, ("--fps-repeats",), "0")  # the learn() timing: tests/test_benchmark.py
-    elif command in ("report", "study"):
+    elif command == "throughput":
+        options = _set(options, ("--timesteps",), "256")
+        options = _first(options, ("--algorithms",), "ppo")
+        options = _set(options, ("--seeds",), "0")
+        for name in ("--sb3-seeds", "--workers", "--profile-agents"):
+            options = _set(options, (name,), "1")
+    elif command in ("report", "study", "agreement"):
         options = _set(options, ("--bootstrap-reps",), "50")
     return [command, *options]
 
