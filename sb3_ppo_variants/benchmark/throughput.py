@@ -28,27 +28,11 @@ from typing import Any
 
 import torch as th
 
+from sb3_ppo_variants.benchmark.extension_study import BASELINE, PREREGISTERED_ARMS
 from sb3_ppo_variants.benchmark.provenance import provenance
 from sb3_ppo_variants.benchmark.runs import grid
 
-STUDY_ARMS = (
-    "ppo",
-    "logit",
-    "peaked",
-    "rescaled",
-    "per_state",
-    "per_batch",
-    "rollback",
-    "spo",
-    "kl",
-    "truly",
-    "dual_clip",
-    "clip_higher",
-    "tr_ppo",
-    "espo",
-    "pfo",
-    "adam_equal_betas",
-)
+STUDY_ARMS = (BASELINE, *PREREGISTERED_ARMS)
 """The 16 arms of the preregistered collapse study (docs/benchmarks.md)."""
 
 
