@@ -3,6 +3,7 @@ seed share (their records apart from the wall-clock fields)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -36,3 +37,19 @@ def without_timing(value: Any) -> Any:
     if isinstance(value, list):
         return [without_timing(item) for item in value]
     return value
+
+
+def write_pilot_run(directory: Path, algorithm: str, seed: int, returns: list[float]) -> None:
+    """A run file of ``pilot/CartPole-v1-shared`` at lr 1e-2 whose evaluations return ``returns``, 100 steps apart."""
+    folder = directory / "pilot_CartPole-v1-shared"
+    folder.mkdir(parents=True, exist_ok=True)
+    run = {
+        "task": "pilot/CartPole-v1-shared",
+        "algorithm": algorithm,
+        "seed": seed,
+        "learning_rate_scale": 10.0,
+        "learning_rate": 0.01,
+        "timesteps": 1000,
+        "evaluations": [{"step": 100 * i, "eval_return": r} for i, r in enumerate(returns)],
+    }
+    (folder / f"{algorithm}_lr10_seed{seed}.json").write_text(json.dumps(run))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from run_records import write_pilot_run
 from scipy import stats as scipy_stats
 
 from sb3_ppo_variants.benchmark.__main__ import main
@@ -18,33 +18,18 @@ TRANSIENT = [500.0] * 3 + [9.0] * 3 + [500.0] * 3  # a drop, then competence reg
 NEVER = [20.0] * 8
 
 
-def _write_run(directory: Path, algorithm: str, seed: int, returns: list[float]) -> None:
-    folder = directory / "pilot_CartPole-v1-shared"
-    folder.mkdir(parents=True, exist_ok=True)
-    run = {
-        "task": "pilot/CartPole-v1-shared",
-        "algorithm": algorithm,
-        "seed": seed,
-        "learning_rate_scale": 10.0,
-        "learning_rate": 0.01,
-        "timesteps": 1000,
-        "evaluations": [{"step": 100 * i, "eval_return": r} for i, r in enumerate(returns)],
-    }
-    (folder / f"{algorithm}_lr10_seed{seed}.json").write_text(json.dumps(run))
-
-
 def _grid(tmp_path: Path) -> dict[str, Path]:
     sb3, batched = tmp_path / "sb3", tmp_path / "batched"
     # ppo: sb3 has 5 lasting collapses and 1 transient drop in 8; batched has no drop in 8
     for seed, curve in enumerate([COLLAPSING] * 5 + [TRANSIENT] + [GOOD] * 2):
-        _write_run(sb3, "ppo", seed, curve)
+        write_pilot_run(sb3, "ppo", seed, curve)
     for seed in range(8):
-        _write_run(batched, "ppo", seed, GOOD)
+        write_pilot_run(batched, "ppo", seed, GOOD)
     # logit: the same curves in both engines, one never competent
     for directory in (sb3, batched):
         for seed, curve in enumerate([GOOD] * 4 + [NEVER]):
-            _write_run(directory, "logit", seed, curve)
-    _write_run(sb3, "spo", 0, GOOD)  # an algorithm only one engine ran is left out
+            write_pilot_run(directory, "logit", seed, curve)
+    write_pilot_run(sb3, "spo", 0, GOOD)  # an algorithm only one engine ran is left out
     return {"sb3": sb3, "batched": batched}
 
 

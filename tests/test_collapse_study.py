@@ -1,6 +1,5 @@
 """The collapse study's definition and statistics, against hand-made runs and SciPy's implementations."""
 
-import json
 import math
 
 import numpy as np
@@ -8,6 +7,7 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from run_records import write_pilot_run
 
 from sb3_ppo_variants.benchmark.collapse_study import (
     CollapseDefinition,
@@ -102,26 +102,11 @@ def test_holm_adjustment_by_hand() -> None:
     assert holm_adjusted([0.5, 0.6]) == [1.0, 1.0]
 
 
-def _write_run(directory, algorithm: str, seed: int, returns: list[float]) -> None:
-    folder = directory / "pilot_CartPole-v1-shared"
-    folder.mkdir(parents=True, exist_ok=True)
-    run = {
-        "task": "pilot/CartPole-v1-shared",
-        "algorithm": algorithm,
-        "seed": seed,
-        "learning_rate_scale": 10.0,
-        "learning_rate": 0.01,
-        "timesteps": 1000,
-        "evaluations": [{"step": 100 * i, "eval_return": r} for i, r in enumerate(returns)],
-    }
-    (folder / f"{algorithm}_lr10_seed{seed}.json").write_text(json.dumps(run))
-
-
 def test_collapse_table_counts_rates_and_tests_against_ppo(tmp_path) -> None:
     good, collapsing, never = [500.0] * 8, [500.0] * 4 + [9.0] * 4, [20.0] * 8
     for seed in range(4):
-        _write_run(tmp_path, "ppo", seed, collapsing if seed < 3 else good)
-        _write_run(tmp_path, "logit", seed, good if seed < 3 else never)
+        write_pilot_run(tmp_path, "ppo", seed, collapsing if seed < 3 else good)
+        write_pilot_run(tmp_path, "logit", seed, good if seed < 3 else never)
     table = collapse_table(load_outcomes(tmp_path)).set_index("algorithm")
     assert table.loc["ppo", ["runs", "competent", "collapsed"]].tolist() == [4, 4, 3]
     assert table.loc["logit", ["runs", "competent", "collapsed"]].tolist() == [4, 3, 0]
@@ -139,8 +124,8 @@ def test_the_study_command_writes_tables_and_figures(tmp_path, capsys) -> None:
     from sb3_ppo_variants.benchmark.__main__ import main
 
     for seed in range(3):
-        _write_run(tmp_path / "runs", "ppo", seed, [500.0] * 4 + [9.0] * 4)
-        _write_run(tmp_path / "runs", "logit", seed, [500.0] * 8)
+        write_pilot_run(tmp_path / "runs", "ppo", seed, [500.0] * 4 + [9.0] * 4)
+        write_pilot_run(tmp_path / "runs", "logit", seed, [500.0] * 8)
     args = ["study", "--runs", str(tmp_path / "runs"), "--output", str(tmp_path / "out"), "--bootstrap-reps", "50"]
     assert main(args) == 0
     table = pd.read_csv(tmp_path / "out" / "collapse_study.csv").set_index("algorithm")
