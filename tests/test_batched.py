@@ -13,6 +13,7 @@ from stable_baselines3.common.logger import configure
 
 from sb3_ppo_variants import VariantPPO
 from sb3_ppo_variants.batched import (
+    Arm,
     BatchedPPO,
     CartPoleAgents,
     StackedActorCritic,
@@ -24,6 +25,7 @@ from sb3_ppo_variants.batched import (
 )
 from sb3_ppo_variants.benchmark.algorithms import ALGORITHMS
 from sb3_ppo_variants.benchmark.tasks import SHARED_TRUNK
+from sb3_ppo_variants.loss import LossOptions
 
 th.set_num_threads(1)
 
@@ -262,9 +264,9 @@ def test_one_update_gives_variant_ppos_parameters(options, shared_trunk):
     model = VariantPPO("MlpPolicy", "CartPole-v1", seed=0, policy_kwargs=policy_kwargs, **UPDATE, **options)
     batched = _assert_one_update_matches(model)
     if "kl_coef" in options:
-        assert batched.agent_options["kl_coef"].item() == pytest.approx(model.kl_coef)
+        assert batched.arms[0].agent_options["kl_coef"].item() == pytest.approx(model.kl_coef)
     if options.get("value_grad_rescaling") == "smoothed":
-        assert batched.pseudo_entropy_average.item() == pytest.approx(model._pseudo_entropy_average, rel=1e-5)
+        assert batched.arms[0].pseudo_entropy_average.item() == pytest.approx(model._pseudo_entropy_average, rel=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
@@ -335,7 +337,6 @@ def test_an_agent_trains_the_same_alone_and_in_a_batch_of_eight():
 
 def test_per_agent_learning_rates_and_options_batch_together():
     options = dict(clip_range=[0.1, 0.3], restoring_slope=[0.0, 0.5], ent_coef=[0.0, 0.01])
-    from sb3_ppo_variants.loss import LossOptions
 
     shared = LossOptions(clip_range=0.2, restoring_slope=0.0)
     batch = BatchedPPO([0, 1], learning_rate=[1e-3, 3e-3], options=shared, agent_options=options, **SMALL).learn(128)
@@ -344,6 +345,45 @@ def test_per_agent_learning_rates_and_options_batch_together():
     ).learn(128)
     for name, expected in _parameters(alone, 0).items():
         th.testing.assert_close(_parameters(batch, 1)[name], expected, rtol=1e-5, atol=1e-5, msg=name)
+
+
+ARMS = [
+    Arm(2),
+    Arm(2, options=LossOptions(clip_range=0.2, kl_coef=1.0, surrogate="unclipped"), kl_penalty_target=0.001),
+    Arm(1, options=LossOptions(clip_range=0.2, value_grad_rescaling="smoothed"), ratio_change_limit=0.02),
+    Arm(1, options=LossOptions(clip_range=0.2, delta_target_policy="logit"), target_kl=0.002),
+]
+
+
+def test_agents_of_different_arms_train_in_one_group_as_in_their_own():
+    """Arms with different losses, β adaptation, running pseudo-entropy and early stops, in one BatchedPPO."""
+    together = BatchedPPO(list(range(6)), learning_rate=3e-3, arms=ARMS, **SMALL).learn(3 * 64)
+    first = 0
+    for index, arm in enumerate(ARMS):
+        seeds = list(range(first, first + arm.n_agents))
+        alone = BatchedPPO(seeds, learning_rate=3e-3, arms=[arm], **SMALL).learn(3 * 64)
+        for agent, seed in enumerate(seeds):
+            for name, expected in _parameters(alone, agent).items():
+                th.testing.assert_close(_parameters(together, seed)[name], expected, rtol=1e-5, atol=1e-5, msg=name)
+            assert together.episode_returns[seed] == alone.episode_returns[agent]
+        for name, values in alone.arms[0].agent_options.items():
+            th.testing.assert_close(together.arms[index].agent_options[name], values, rtol=1e-5, atol=0, msg=name)
+        if arm.ratio_change_limit is not None:
+            th.testing.assert_close(together.arms[index].pseudo_entropy_average, alone.arms[0].pseudo_entropy_average)
+        first += arm.n_agents
+    # the penalty's β adapted: KL below d_targ / 1.5 halves it
+    assert together.arms[1].agent_options["kl_coef"].tolist() != [1.0, 1.0]
+
+
+def test_arms_must_cover_the_seeds_and_carry_their_own_settings():
+    with pytest.raises(ValueError, match="add up to the 3 seeds"):
+        BatchedPPO([0, 1, 2], arms=[Arm(1), Arm(1)])
+    with pytest.raises(ValueError, match="positive"):
+        BatchedPPO([0, 1], arms=[Arm(2), Arm(0)])
+    with pytest.raises(ValueError, match="in its Arm, not as keywords"):
+        BatchedPPO([0, 1], arms=[Arm(2)], target_kl=0.01)
+    with pytest.raises(ValueError, match="one value per agent"):
+        BatchedPPO([0, 1, 2], arms=[Arm(1), Arm(2, agent_options={"clip_range": [0.1]})])
 
 
 def test_a_non_finite_agent_fails_with_its_step_and_the_others_go_on():
@@ -361,7 +401,6 @@ def test_a_non_finite_agent_fails_with_its_step_and_the_others_go_on():
 
 
 def test_options_that_cannot_differ_between_agents_are_refused():
-    from sb3_ppo_variants.loss import LossOptions
 
     with pytest.raises(ValueError, match="'surrogate' cannot differ between agents"):
         BatchedPPO([0, 1], agent_options={"surrogate": [0.0, 1.0]})
@@ -430,7 +469,6 @@ def test_truncated_episodes_bootstrap_with_the_value_of_their_last_observation()
 
 
 def test_the_rollout_records_pfos_features_only_when_asked():
-    from sb3_ppo_variants.loss import LossOptions
 
     plain = BatchedPPO([0, 1], n_steps=16).collect_rollout()
     assert plain.old_features is None

@@ -76,6 +76,30 @@ def test_groups_are_halved_until_every_worker_has_one() -> None:
     assert split_groups([[1, 2], [3, 4], [5, 6]], 2) == [[1, 2], [3, 4], [5, 6]]
 
 
+def test_groups_are_cut_into_near_equal_pieces_of_at_most_the_group_size() -> None:
+    assert split_groups([list(range(10))], 1, group_size=4) == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
+    assert split_groups([[1, 2], [3, 4, 5]], 1, group_size=2) == [[1, 2], [3], [4, 5]]
+    assert split_groups([list(range(8))], 3, group_size=8) == [[0, 1], [2, 3], [4, 5, 6, 7]]
+
+
+def test_arms_that_differ_only_in_their_loss_share_a_group_and_write_the_files_of_their_own(tmp_path: Path) -> None:
+    command = ["collapse", "--engine", "batched", "--tasks", TASK, "--lr-scales", "10", "--workers", "1"]
+    command += ["--algorithms", "ppo", "kl", "adam_equal_betas", "espo", "--seeds", "3", "--timesteps", "512"]
+    together = benchmark(*command, "--runs", "together", cwd=tmp_path)
+    assert together.returncode == 0, together.stderr
+    # Adam's betas and ε are the group's: adam_equal_betas trains apart from the three others
+    assert "4 of 4 runs to do (0 on disk) in 2 batched group(s), 1 at a time" in together.stdout
+    assert f"{TASK} ppo+kl+espo, 3 run(s)" in together.stdout
+    alone = benchmark(*command, "--group-size", "1", "--runs", "alone", cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr
+    assert "in 4 batched group(s)" in alone.stdout
+    one, two = _runs(tmp_path / "together"), _runs(tmp_path / "alone")
+    assert len(one) == 4 and sorted(one) == sorted(two)
+    for name in one:
+        assert without_timing(one[name]) == without_timing(two[name])
+    assert benchmark(*command, "--group-size", "0", "--runs", "zero", cwd=tmp_path).returncode == 2
+
+
 def test_one_group_split_over_two_workers_writes_the_files_of_one_process(tmp_path: Path) -> None:
     command = ["collapse", "--engine", "batched", "--tasks", TASK, "--algorithms", "ppo", "--lr-scales", "3", "10"]
     command += ["--seeds", "4", "--timesteps", "256"]

@@ -9,12 +9,21 @@ from sb3_ppo_variants.batched.rollout import (
     agents_environment,
     generalized_advantages,
 )
-from sb3_ppo_variants.batched.trainer import AGENT_OPTIONS, BatchedPPO, StackedRollout, batched_settings
+from sb3_ppo_variants.batched.trainer import (
+    AGENT_OPTIONS,
+    ARM_SETTINGS,
+    Arm,
+    BatchedPPO,
+    StackedRollout,
+    batched_settings,
+)
 
 __all__ = [
     "AGENT_ENVIRONMENTS",
     "AGENT_OPTIONS",
+    "ARM_SETTINGS",
     "AcrobotAgents",
+    "Arm",
     "BatchedPPO",
     "CartPoleAgents",
     "StackedActorCritic",

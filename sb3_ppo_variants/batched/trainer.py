@@ -1,7 +1,9 @@
 """``BatchedPPO``: ``S`` independent PPO agents on CartPole or Acrobot, trained in lock-step in one process.
 
 Every agent is SB3's ``PPO`` (``MlpPolicy`` with a separate actor and critic) with ``VariantPPO``'s options:
-its loss is ``loss.variant_ppo_loss``, mapped over the agents with ``torch.func.vmap``. The agents share
+its loss is ``loss.variant_ppo_loss``, mapped over the agents with ``torch.func.vmap``. The agents form
+arms (``Arm``), consecutive agents whose loss takes one code path (one ``vmap`` call each); the network, the
+rollout, the gradient and Adam's step are one operation over every agent of every arm. The agents share
 nothing but the arrays they are stacked in: each has its own parameters, Adam moments, learning rate,
 numeric options, minibatch permutation, gradient-norm clipping, advantage normalisation and random
 stream (one ``torch.Generator`` and its environments' own generators), so that an agent trains the same
@@ -15,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
 import numpy as np
@@ -41,6 +44,16 @@ AGENT_OPTIONS = (
     "vf_coef",
 )
 """The ``LossOptions`` that may take one value per agent: numbers that do not choose the loss's code path."""
+ARM_SETTINGS = (
+    "options",
+    "agent_options",
+    "target_kl",
+    "ratio_change_limit",
+    "kl_penalty_target",
+    "kl_adapt_factor",
+    "kl_adapt_tolerance",
+)
+"""``BatchedPPO``'s arguments that may differ between the arms (``Arm``) of one group."""
 TRAIN_RETURN_WINDOW = 100
 """Training episodes in ``train_return``: SB3's ``stats_window_size``, whose ``ep_info_buffer`` the runner reads."""
 
@@ -58,6 +71,88 @@ class StackedRollout(NamedTuple):
     """The rollout policy's normalised logits, for the exact KL."""
     old_features: th.Tensor | None = None
     """PFO's ``φ_old(s)``, ``(S, N, width)``, recorded with ``feature_drift_coef``."""
+
+
+@dataclass(frozen=True)
+class Arm:
+    """Consecutive agents of a ``BatchedPPO`` whose loss takes one code path, with what may differ between arms.
+
+    The rollout shape, minibatches, network, ``γ``, ``λ``, gradient clipping and Adam are the group's; the
+    learning rate is per agent. The parameters are ``BatchedPPO``'s of the same names.
+
+    :param n_agents: the arm's agents, the next ``n_agents`` of the group's seeds
+    """
+
+    n_agents: int
+    options: LossOptions | None = None
+    agent_options: Mapping[str, Sequence[float]] | None = None
+    target_kl: float | None = None
+    ratio_change_limit: float | None = None
+    kl_penalty_target: float = 0.01
+    kl_adapt_factor: float = 2.0
+    kl_adapt_tolerance: float = 1.5
+
+
+class _ArmState:
+    """An ``Arm`` in training: its agents' slice of the stacks, its per-agent options and running state."""
+
+    def __init__(self, arm: Arm, agents: slice) -> None:
+        self.arm, self.agents = arm, agents
+        self.options = LossOptions(clip_range=0.2) if arm.options is None else arm.options
+        self.agent_options = {
+            name: th.as_tensor(values, dtype=th.float32) for name, values in (arm.agent_options or {}).items()
+        }
+        for name, values in self.agent_options.items():
+            if name not in AGENT_OPTIONS:
+                raise ValueError(f"agent_options: {name!r} cannot differ between agents; allowed: {AGENT_OPTIONS}")
+            if values.shape != (arm.n_agents,):
+                raise ValueError(
+                    f"agent_options[{name!r}] needs one value per agent ({arm.n_agents}), got {tuple(values.shape)}"
+                )
+            if name == "restoring_slope" and self.options.kl_trust_region is not None:
+                raise ValueError(
+                    "with kl_trust_region, α = 0 and α > 0 are different losses: run them as separate groups"
+                )
+            if getattr(self.options, name) is None:
+                raise ValueError(f"agent_options[{name!r}]: the shared options must turn {name} on")
+        if self.options.kl_coef is not None and "kl_coef" not in self.agent_options:
+            # β adapts per agent, once per rollout
+            self.agent_options["kl_coef"] = th.full((arm.n_agents,), self.options.kl_coef)
+        self.pseudo_entropy_average: th.Tensor | None = None
+
+    def _agent_loss(
+        self,
+        agent_options: dict[str, th.Tensor],
+        evaluation: PolicyEvaluation,
+        minibatch: Minibatch,
+        pseudo_entropy_average: th.Tensor | None,
+    ) -> tuple[th.Tensor, dict[str, th.Tensor]]:
+        """One agent's ``variant_ppo_loss``, its statistics as a dict of tensors (for vmap)."""
+        # inside vmap each per-agent option is a 0-d tensor, which the loss takes where it takes a number
+        options = (
+            dataclasses.replace(self.options, **cast(dict[str, Any], agent_options)) if agent_options else self.options
+        )
+        loss, statistics, average = variant_ppo_loss(options, evaluation, minibatch, pseudo_entropy_average)
+        outputs = {name: value for name, value in statistics._asdict().items() if value is not None}
+        if average is not None:
+            outputs["pseudo_entropy_average"] = th.as_tensor(average)
+        return loss, outputs
+
+    def loss(self, evaluation: PolicyEvaluation, minibatch: Minibatch) -> tuple[th.Tensor, dict[str, th.Tensor]]:
+        """The arm's agents' losses ``(n_agents,)`` and statistics, from their network outputs and minibatches."""
+        average = self.pseudo_entropy_average
+        return vmap(
+            self._agent_loss, in_dims=(0, _in_dims(evaluation), _in_dims(minibatch), None if average is None else 0)
+        )(self.agent_options, evaluation, minibatch, average)
+
+    def stops(self, statistics: dict[str, th.Tensor]) -> th.Tensor:
+        """Which agents stop their epochs here: SB3's ``target_kl`` and ESPO's ``ratio_change_limit``."""
+        stop = th.zeros(self.arm.n_agents, dtype=th.bool)
+        if self.arm.target_kl is not None:
+            stop |= statistics["approx_kl"] > 1.5 * self.arm.target_kl
+        if self.arm.ratio_change_limit is not None:
+            stop |= (statistics["ratio"] - 1.0).abs().mean(dim=1) > self.arm.ratio_change_limit
+        return stop
 
 
 def _constant(name: str, value: Any) -> float:
@@ -164,6 +259,8 @@ class BatchedPPO:
     :param adam_betas: Adam's ``(β1, β2)``, SB3's by default
     :param adam_eps: Adam's ``ε``, SB3's PPO's by default (SB3 keeps torch's 1e-8 when ``optimizer_kwargs`` are given)
     :param network: initial networks; ``None`` draws them with SB3's orthogonal initialisation.
+    :param arms: the agents' arms (``Arm``) in order, each with its own ``ARM_SETTINGS``, which are then left out
+        of the keywords; ``None``: every agent in one arm with the keywords' settings.
     """
 
     def __init__(
@@ -190,32 +287,33 @@ class BatchedPPO:
         adam_betas: tuple[float, float] = (0.9, 0.999),
         adam_eps: float = 1e-5,
         network: StackedActorCritic | None = None,
+        arms: Sequence[Arm] | None = None,
     ) -> None:
         self.seeds = list(seeds)
         n_agents = len(self.seeds)
         self.n_envs, self.n_steps, self.batch_size, self.n_epochs = n_envs, n_steps, batch_size, n_epochs
-        self.gamma, self.gae_lambda, self.max_grad_norm, self.target_kl = gamma, gae_lambda, max_grad_norm, target_kl
-        self.ratio_change_limit = ratio_change_limit
-        self.kl_penalty_target, self.kl_adapt_factor = kl_penalty_target, kl_adapt_factor
-        self.kl_adapt_tolerance = kl_adapt_tolerance
-        self.options = LossOptions(clip_range=0.2) if options is None else options
-        self.agent_options = {
-            name: th.as_tensor(values, dtype=th.float32) for name, values in (agent_options or {}).items()
-        }
-        for name, values in self.agent_options.items():
-            if name not in AGENT_OPTIONS:
-                raise ValueError(f"agent_options: {name!r} cannot differ between agents; allowed: {AGENT_OPTIONS}")
-            if values.shape != (n_agents,):
-                raise ValueError(f"agent_options[{name!r}] needs one value per agent ({n_agents}), got {values.shape}")
-            if name == "restoring_slope" and self.options.kl_trust_region is not None:
-                raise ValueError(
-                    "with kl_trust_region, α = 0 and α > 0 are different losses: run them as separate groups"
-                )
-            if getattr(self.options, name) is None:
-                raise ValueError(f"agent_options[{name!r}]: the shared options must turn {name} on")
-        if self.options.kl_coef is not None and "kl_coef" not in self.agent_options:
-            # β adapts per agent, once per rollout
-            self.agent_options["kl_coef"] = th.full((n_agents,), self.options.kl_coef)
+        self.gamma, self.gae_lambda, self.max_grad_norm = gamma, gae_lambda, max_grad_norm
+        single = Arm(
+            n_agents,
+            options,
+            agent_options,
+            target_kl,
+            ratio_change_limit,
+            kl_penalty_target,
+            kl_adapt_factor,
+            kl_adapt_tolerance,
+        )
+        if arms is None:
+            arms = [single]
+        elif single != Arm(n_agents):
+            raise ValueError(f"arms: give each arm's {', '.join(ARM_SETTINGS)} in its Arm, not as keywords")
+        if sum(arm.n_agents for arm in arms) != n_agents or any(arm.n_agents < 1 for arm in arms):
+            raise ValueError(f"arms: their n_agents must be positive and add up to the {n_agents} seeds")
+        self.arms: list[_ArmState] = []
+        start = 0
+        for arm in arms:
+            self.arms.append(_ArmState(arm, slice(start, start + arm.n_agents)))
+            start += arm.n_agents
         self.generators = [th.Generator().manual_seed(seed) for seed in self.seeds]
         self.max_episode_steps = max_episode_steps
         # environment i of an agent seeded with seed + i, as SB3's make_vec_env seeds the SB3 runner's
@@ -236,7 +334,6 @@ class BatchedPPO:
         self.optimizer = StackedAdam(
             [self.network.flat], th.tensor(rates, dtype=th.float64), betas=adam_betas, eps=adam_eps
         )
-        self.pseudo_entropy_average: th.Tensor | None = None
         self.failed = th.zeros(n_agents, dtype=th.bool)
         self.failed_at: list[int | None] = [None] * n_agents
         self.num_timesteps = 0
@@ -312,7 +409,7 @@ class BatchedPPO:
             if self._eval_every is not None and self.num_timesteps >= self._next_eval:
                 self._record_evaluation()
         self._record_failures(failed_before)
-        records_features = self.options.feature_drift_coef is not None
+        records_features = self._records_features
         # (T, S, E, ...)
         stacked = {key: th.stack(values) for key, values in steps.items() if key != "features" or records_features}
         advantages, returns = generalized_advantages(
@@ -355,121 +452,125 @@ class BatchedPPO:
 
     # ------------------------------------------------------------------ update
 
-    def _agent_loss(
-        self,
-        agent_options: dict[str, th.Tensor],
-        evaluation: PolicyEvaluation,
-        minibatch: Minibatch,
-        pseudo_entropy_average: th.Tensor | None,
-    ) -> tuple[th.Tensor, dict[str, th.Tensor]]:
-        """One agent's ``variant_ppo_loss``, its statistics as a dict of tensors (for vmap)."""
-        # inside vmap each per-agent option is a 0-d tensor, which the loss takes where it takes a number
-        options = (
-            dataclasses.replace(self.options, **cast(dict[str, Any], agent_options)) if agent_options else self.options
-        )
-        loss, statistics, average = variant_ppo_loss(options, evaluation, minibatch, pseudo_entropy_average)
-        outputs = {name: value for name, value in statistics._asdict().items() if value is not None}
-        if average is not None:
-            outputs["pseudo_entropy_average"] = th.as_tensor(average)
-        return loss, outputs
+    @property
+    def _records_features(self) -> bool:
+        """Whether an arm needs PFO's ``φ_old(s)`` from the rollout."""
+        return any(arm.options.feature_drift_coef is not None for arm in self.arms)
 
-    def stacked_loss(
-        self,
-        evaluation: PolicyEvaluation,
-        minibatch: Minibatch,
-        pseudo_entropy_average: th.Tensor | None = None,
-    ) -> tuple[th.Tensor, dict[str, th.Tensor]]:
-        """Every agent's loss ``(S,)`` and statistics, from stacked network outputs and minibatches."""
-        state_dim = None if pseudo_entropy_average is None else 0
-        return vmap(self._agent_loss, in_dims=(0, _in_dims(evaluation), _in_dims(minibatch), state_dim))(
-            self.agent_options, evaluation, minibatch, pseudo_entropy_average
+    @staticmethod
+    def _shuffled(rollout: StackedRollout, order: th.Tensor) -> StackedRollout:
+        """Every agent's rollout in its own sample order ``(S, N)``: an epoch's minibatches are then slices."""
+        agents = th.arange(order.shape[0]).unsqueeze(1)
+        return StackedRollout(
+            *cast(list[th.Tensor], [None if field is None else field[agents, order] for field in rollout])
         )
 
-    def _evaluate(self, rollout: StackedRollout, index: th.Tensor) -> tuple[PolicyEvaluation, Minibatch]:
-        agents = th.arange(self.n_agents).unsqueeze(1)
-        logits, values, features = self.network.forward_with_features(rollout.observations[agents, index])
-        normalised, log_prob, entropy = categorical_outputs(logits, rollout.actions[agents, index])
+    def _minibatch_losses(
+        self, shuffled: StackedRollout, batch: slice, active: th.Tensor
+    ) -> tuple[list[th.Tensor], list[dict[str, th.Tensor]]]:
+        """One forward pass of every agent on its minibatch ``batch`` of ``shuffled``, then each arm's loss;
+        updates each arm's smoothed pseudo-entropy where its agents are ``active``."""
+        logits, values, features = self.network.forward_with_features(shuffled.observations[:, batch])
+        normalised, log_prob, entropy = categorical_outputs(logits, shuffled.actions[:, batch])
         pseudo_entropy = kl = None
-        if self.options.uses_pseudo_entropy:
+        if any(arm.options.uses_pseudo_entropy for arm in self.arms):
             pseudo_entropy = objectives.pseudo_entropy(th.softmax(normalised, dim=-1))
-        if self.options.uses_exact_kl:
-            kl = objectives.categorical_kl(rollout.old_logits[agents, index], normalised)
-        old_features = None
-        if self.options.feature_drift_coef is not None:
-            assert rollout.old_features is not None, "feature_drift_coef needs the rollout's features"
-            old_features = rollout.old_features[agents, index]
-        evaluation = PolicyEvaluation(
-            values, log_prob, entropy, pseudo_entropy, kl, features if old_features is not None else None
-        )
-        minibatch = Minibatch(
-            rollout.advantages[agents, index],
-            rollout.returns[agents, index],
-            rollout.old_values[agents, index],
-            rollout.old_log_prob[agents, index],
-            old_features,
-        )
-        return evaluation, minibatch
+        if any(arm.options.uses_exact_kl for arm in self.arms):
+            kl = objectives.categorical_kl(shuffled.old_logits[:, batch], normalised)
+        losses, statistics = [], []
+        for arm in self.arms:
+            agents, options = arm.agents, arm.options
+            drift = options.feature_drift_coef is not None
+            evaluation = PolicyEvaluation(
+                values[agents],
+                log_prob[agents],
+                entropy[agents],
+                pseudo_entropy[agents] if options.uses_pseudo_entropy and pseudo_entropy is not None else None,
+                kl[agents] if options.uses_exact_kl and kl is not None else None,
+                features[agents] if drift else None,
+            )
+            old_features = shuffled.old_features
+            minibatch = Minibatch(
+                shuffled.advantages[agents, batch],
+                shuffled.returns[agents, batch],
+                shuffled.old_values[agents, batch],
+                shuffled.old_log_prob[agents, batch],
+                old_features[agents, batch] if drift and old_features is not None else None,
+            )
+            arm_losses, arm_statistics = arm.loss(evaluation, minibatch)
+            if "pseudo_entropy_average" in arm_statistics:
+                new_average = arm_statistics["pseudo_entropy_average"]
+                previous = new_average if arm.pseudo_entropy_average is None else arm.pseudo_entropy_average
+                arm.pseudo_entropy_average = th.where(active[agents], new_average, previous)
+            losses.append(arm_losses)
+            statistics.append(arm_statistics)
+        return losses, statistics
 
     def update(self, rollout: StackedRollout, permutations: Sequence[th.Tensor] | None = None) -> dict[str, th.Tensor]:
         """``n_epochs`` epochs of minibatch steps on every agent's rollout, each agent on its own permutation.
 
         :param rollout: the agents' rollouts.
         :param permutations: one ``(S, N)`` index tensor per epoch; ``None`` draws them from the agents' generators.
-        :return: the last minibatch's statistics, ``(S, …)``.
+        :return: the last minibatch's statistics that every arm has, ``(S, …)``.
         """
         n_samples = rollout.advantages.shape[1]
         parameters = self.optimizer.parameters
         active = ~self.failed
         failed_before = self.failed.clone()
-        statistics: dict[str, th.Tensor] = {}
-        kl_sum = kl_count = th.zeros(self.n_agents)
+        statistics: list[dict[str, th.Tensor]] = []
+        kl_sum, kl_count = th.zeros(self.n_agents), th.zeros(self.n_agents)
+        if permutations is None:  # every epoch's, whoever stops early, so that each stream is the agent's own
+            permutations = [
+                th.stack([th.randperm(n_samples, generator=generator) for generator in self.generators])
+                for _ in range(self.n_epochs)
+            ]
         for epoch in range(self.n_epochs):
             if not bool(active.any()):  # every agent stopped early or failed
                 break
             # β adapts from the mean KL of the last epoch each agent took part in, as in VariantPPO.train()
             kl_sum, kl_count = th.where(active, 0.0, kl_sum), th.where(active, 0.0, kl_count)
-            if permutations is None:
-                order = th.stack([th.randperm(n_samples, generator=generator) for generator in self.generators])
-            else:
-                order = permutations[epoch]
+            shuffled = self._shuffled(rollout, permutations[epoch])
             for start in range(0, n_samples, self.batch_size):
-                evaluation, minibatch = self._evaluate(rollout, order[:, start : start + self.batch_size])
-                losses, statistics = self.stacked_loss(evaluation, minibatch, self.pseudo_entropy_average)
-                if "pseudo_entropy_average" in statistics:
-                    new_average = statistics["pseudo_entropy_average"]
-                    previous = new_average if self.pseudo_entropy_average is None else self.pseudo_entropy_average
-                    self.pseudo_entropy_average = th.where(active, new_average, previous)
-                if "kl" in statistics:
-                    kl_sum = kl_sum + th.where(active, statistics["kl"].sum(dim=1), 0.0)
-                    kl_count = kl_count + th.where(active, float(statistics["kl"].shape[1]), 0.0)
-                if self.target_kl is not None:
-                    active = active & ~(statistics["approx_kl"] > 1.5 * self.target_kl)
-                if self.ratio_change_limit is not None:
-                    change = (statistics["ratio"] - 1.0).abs().mean(dim=1)
-                    active = active & ~(change > self.ratio_change_limit)
+                losses, statistics = self._minibatch_losses(shuffled, slice(start, start + self.batch_size), active)
+                stops = []
+                for arm, arm_statistics in zip(self.arms, statistics, strict=True):
+                    if "kl" in arm_statistics:
+                        measured = active[arm.agents]
+                        kl_sum[arm.agents] += th.where(measured, arm_statistics["kl"].sum(dim=1), 0.0)
+                        kl_count[arm.agents] += th.where(measured, float(arm_statistics["kl"].shape[1]), 0.0)
+                    stops.append(arm.stops(arm_statistics))
+                active = active & ~th.cat(stops)
+                every_loss = th.cat(losses)
                 self.optimizer.zero_grad()
-                th.where(active, losses, th.zeros_like(losses)).sum().backward()
+                th.where(active, every_loss, th.zeros_like(every_loss)).sum().backward()
                 norms = clip_grad_norms([parameter.grad for parameter in parameters], self.max_grad_norm)  # type: ignore[misc]
-                broken = active & ~(th.isfinite(losses) & th.isfinite(norms))
+                broken = active & ~(th.isfinite(every_loss) & th.isfinite(norms))
                 self.failed |= broken
                 active = active & ~broken
                 self.optimizer.step(active)
         self._record_failures(failed_before)
-        if self.options.kl_coef is not None:
-            self._adapt_kl_coefs(kl_sum / kl_count.clamp(min=1.0), kl_count > 0)
-        return statistics
+        self._adapt_kl_coefs(kl_sum / kl_count.clamp(min=1.0), kl_count > 0)
+        common = set.intersection(*(set(arm_statistics) for arm_statistics in statistics)) if statistics else set()
+        return {name: th.cat([arm_statistics[name] for arm_statistics in statistics]) for name in common}
 
     def _adapt_kl_coefs(self, kl: th.Tensor, measured: th.Tensor) -> None:
-        """``objectives.adapt_kl_coef`` for each agent that measured a KL, floored as in ``VariantPPO``."""
-        coefficients = self.agent_options["kl_coef"]
-        for agent, (coefficient, agent_kl, ok) in enumerate(
-            zip(coefficients.tolist(), kl.tolist(), measured.tolist(), strict=True)
-        ):
-            if ok and not self.failed[agent]:
-                adapted = objectives.adapt_kl_coef(
-                    coefficient, agent_kl, self.kl_penalty_target, self.kl_adapt_factor, self.kl_adapt_tolerance
-                )
-                coefficients[agent] = max(adapted, KL_COEF_FLOOR)
+        """``objectives.adapt_kl_coef`` for each agent of a KL-penalty arm that measured a KL, floored as in
+        ``VariantPPO``."""
+        for arm in self.arms:
+            if arm.options.kl_coef is None:
+                continue
+            coefficients = arm.agent_options["kl_coef"]
+            agents = range(arm.agents.start, arm.agents.stop)
+            for index, (agent, coefficient) in enumerate(zip(agents, coefficients.tolist(), strict=True)):
+                if bool(measured[agent]) and not bool(self.failed[agent]):
+                    adapted = objectives.adapt_kl_coef(
+                        coefficient,
+                        float(kl[agent]),
+                        arm.arm.kl_penalty_target,
+                        arm.arm.kl_adapt_factor,
+                        arm.arm.kl_adapt_tolerance,
+                    )
+                    coefficients[index] = max(adapted, KL_COEF_FLOOR)
 
     @th.no_grad()
     def evaluate(self, n_episodes: int | None = None, seed_offset: int | None = None) -> th.Tensor:

@@ -33,6 +33,7 @@ from sb3_ppo_variants.benchmark.algorithms import (
     LEARNING_ALGORITHMS,
     parse_algorithms,
 )
+from sb3_ppo_variants.benchmark.batched_runs import GROUP_SIZE
 from sb3_ppo_variants.benchmark.executors import available_cores
 from sb3_ppo_variants.benchmark.tasks import TASKS
 
@@ -46,6 +47,13 @@ def _parse_tasks(names: list[str] | None, default: list[str]) -> list[str]:
     if unknown:
         raise SystemExit(f"unknown task(s) {unknown}; choose from {sorted(TASKS)}")
     return chosen
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"needs a positive integer, got {value}")
+    return value
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser, default_tasks: list[str]) -> None:
@@ -76,8 +84,15 @@ def _add_run_arguments(parser: argparse.ArgumentParser, default_tasks: list[str]
         "--engine",
         choices=["sb3", "batched"],
         default="sb3",
-        help="sb3: one SB3 model per run; batched: every seed and learning-rate scale of an algorithm on a task "
-        "trained together by BatchedPPO, --workers such groups at once",
+        help="sb3: one SB3 model per run; batched: every seed and learning-rate scale of the algorithms of a task "
+        "trained together by BatchedPPO in groups of --group-size agents, --workers such groups at once",
+    )
+    parser.add_argument(
+        "--group-size",
+        type=_positive_int,
+        default=GROUP_SIZE,
+        help="--engine batched: the most agents in one group (default: %(default)s); a group interrupted half-way "
+        "is trained again",
     )
 
 
@@ -212,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.timesteps,
                         args.progress,
                         workers=args.workers or max(1, available_cores() // args.threads),
+                        group_size=args.group_size,
                     )
                 except RefusedArms as error:
                     raise SystemExit(str(error)) from None

@@ -1,9 +1,10 @@
 """The batched engine of ``learn`` and ``collapse`` (``--engine batched``): a grid's runs trained by ``BatchedPPO``.
 
-Every (task, algorithm) of the grid is one group, trained in one ``BatchedPPO`` whose agents are the seeds and
-learning-rate scales still to do (per-agent learning rates); algorithms whose options change the loss's code
-path are different groups. Groups run one after the other in this process or, with ``workers``, that many at
-once in worker processes. Each arm is read from the SB3 model the SB3 engine would train
+Every (task, algorithm) of the grid is one arm (``trainer.Arm``) whose agents are the seeds and learning-rate
+scales still to do (per-agent learning rates). The arms of a task that differ only in ``ARM_SETTINGS`` (their
+loss options and update rules, not the rollout shape, network or Adam) train together in one ``BatchedPPO``,
+cut into groups of at most ``group_size`` agents. Groups run one after the other in this process or, with
+``workers``, that many at once in worker processes. Each arm is read from the SB3 model the SB3 engine would train
 (``batched_settings``), and an arm the engine cannot train as that model is refused, with its reason, before
 any run starts. Each run's file is ``runs.run_path``'s, in the SB3 engine's format with ``engine`` added,
 written by this process as soon as its group has finished; a group interrupted half-way loses only its own
@@ -16,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from functools import partial
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +26,16 @@ from stable_baselines3 import PPO
 from torch import nn
 
 from sb3_ppo_variants.batched import AGENT_ENVIRONMENTS, BatchedPPO, StackedActorCritic, batched_settings
+from sb3_ppo_variants.batched.trainer import ARM_SETTINGS, Arm
 from sb3_ppo_variants.benchmark.algorithms import ALGORITHMS
 from sb3_ppo_variants.benchmark.executors import Executor, InProcess, ProcessPool, describe, execute
 from sb3_ppo_variants.benchmark.progress import GridProgress
 from sb3_ppo_variants.benchmark.runs import Run, grid, make_training_env, write_run
 from sb3_ppo_variants.benchmark.tasks import TASKS, Task
 
+GROUP_SIZE = 64
+"""Agents per group by default: past about 50 agents a 64-64 MLP's step costs the same per agent on one core,
+and a smaller group loses less when it is interrupted."""
 _STACKABLE_MODULES = (nn.Linear, nn.Flatten, nn.Identity, nn.Tanh)
 """The leaf modules of the networks ``StackedActorCritic`` reproduces."""
 
@@ -45,12 +51,25 @@ class RefusedArms(ValueError):
 
 @dataclass(frozen=True)
 class BatchedArm:
-    """One group: ``BatchedPPO``'s arguments for an algorithm on a task, its learning rate apart."""
+    """An algorithm on a task: ``BatchedPPO``'s arguments, its learning rate apart."""
 
     task: str
     algorithm: str
     settings: dict[str, Any]
     shared_trunk: bool
+
+    @property
+    def group_key(self) -> tuple[Any, ...]:
+        """Equal for arms that can train in one ``BatchedPPO``: the task, the network and every setting that
+        is the group's (all but ``ARM_SETTINGS`` and the per-agent learning rate)."""
+        shared = sorted(
+            (name, repr(value)) for name, value in self.settings.items() if name not in (*ARM_SETTINGS, "learning_rate")
+        )
+        return (self.task, self.shared_trunk, tuple(shared))
+
+    def arm(self, n_agents: int) -> Arm:
+        """This algorithm's ``Arm`` of ``n_agents`` agents."""
+        return Arm(n_agents, **{name: value for name, value in self.settings.items() if name in ARM_SETTINGS})
 
 
 def _environment_refusal(task: Task) -> str | None:
@@ -143,14 +162,33 @@ def batched_arms(tasks: list[str], algorithms: list[str]) -> dict[tuple[str, str
     return arms
 
 
-def train_group(arm: BatchedArm, runs: list[Run], timesteps: int | None = None) -> tuple[BatchedPPO, float]:
-    """One ``BatchedPPO`` over ``runs`` (one agent each, its seed and learning-rate scale), evaluated as the
-    SB3 runner evaluates; the trainer and its wall-clock seconds."""
-    task = TASKS[arm.task]
-    settings = dict(arm.settings)
+def train_group(arms: dict[str, BatchedArm], runs: list[Run], timesteps: int | None = None) -> tuple[BatchedPPO, float]:
+    """One ``BatchedPPO`` over ``runs`` (one agent each, its seed and learning-rate scale; the runs of an
+    algorithm consecutive), with ``arms[run.algorithm]``'s arm, evaluated as the SB3 runner evaluates; the
+    trainer and its wall-clock seconds.
+
+    :raises ValueError: when the arms cannot share a group (``BatchedArm.group_key``)
+    """
+    first = arms[runs[0].algorithm]
+    if any(arms[run.algorithm].group_key != first.group_key for run in runs):
+        raise ValueError(f"{sorted({run.algorithm for run in runs})} on {first.task} cannot train in one group")
+    segments: list[tuple[str, int]] = []
+    for run in runs:
+        if segments and segments[-1][0] == run.algorithm:
+            segments[-1] = (run.algorithm, segments[-1][1] + 1)
+        else:
+            segments.append((run.algorithm, 1))
+    task = TASKS[first.task]
+    settings = {name: value for name, value in first.settings.items() if name not in ARM_SETTINGS}
     settings["learning_rate"] = [task.hyperparameters["learning_rate"] * run.learning_rate_scale for run in runs]
     start = time.perf_counter()
-    trainer = BatchedPPO([run.seed for run in runs], shared_trunk=arm.shared_trunk, env_id=task.env_id, **settings)
+    trainer = BatchedPPO(
+        [run.seed for run in runs],
+        shared_trunk=first.shared_trunk,
+        env_id=task.env_id,
+        arms=[arms[algorithm].arm(n_agents) for algorithm, n_agents in segments],
+        **settings,
+    )
     trainer.learn(timesteps or task.timesteps, eval_every=task.eval_every)
     return trainer, time.perf_counter() - start
 
@@ -179,18 +217,26 @@ def run_record(trainer: BatchedPPO, agent: int, run: Run, wall_seconds: float) -
 
 @dataclass(frozen=True)
 class Group:
-    """Runs of one arm trained together by one ``BatchedPPO``: an item of the executors that run a grid."""
+    """Runs trained together by one ``BatchedPPO`` (each run's arm is ``arms[run.algorithm]``): an item of the
+    executors that run a grid."""
 
-    arm: BatchedArm
+    arms: dict[str, BatchedArm]
     runs: tuple[Run, ...]
 
     def __str__(self) -> str:
-        return f"{self.arm.task} {self.arm.algorithm}, {len(self.runs)} run(s)"
+        algorithms = "+".join(dict.fromkeys(run.algorithm for run in self.runs))
+        return f"{self.runs[0].task} {algorithms}, {len(self.runs)} run(s)"
 
 
-def split_groups(groups: list[list[Run]], workers: int) -> list[list[Run]]:
-    """The groups, the largest halved until every worker has one (agents train independently of their batch)."""
-    groups = list(groups)
+def split_groups(groups: list[list[Run]], workers: int, group_size: int | None = None) -> list[list[Run]]:
+    """The groups, each cut into the fewest near-equal pieces of at most ``group_size`` runs, then the largest
+    halved until every worker has one (agents train independently of their batch)."""
+    pieces: list[list[Run]] = []
+    for group in groups:
+        count = 1 if group_size is None else -(-len(group) // group_size)
+        bounds = [len(group) * index // count for index in range(count + 1)]
+        pieces.extend(group[low:high] for low, high in pairwise(bounds))
+    groups = pieces
     while len(groups) < workers and max(len(group) for group in groups) > 1:
         largest = max(range(len(groups)), key=lambda index: len(groups[index]))
         group = groups.pop(largest)
@@ -201,7 +247,7 @@ def split_groups(groups: list[list[Run]], workers: int) -> list[list[Run]]:
 def train_group_records(group: Group, timesteps: int | None = None, threads: int = 1) -> dict[str, Any]:
     """The executors' function: train one group; per run, its file's record, or the step at which it failed."""
     th.set_num_threads(threads)
-    trainer, wall_seconds = train_group(group.arm, list(group.runs), timesteps)
+    trainer, wall_seconds = train_group(group.arms, list(group.runs), timesteps)
     return {
         "wall_seconds": wall_seconds,
         "records": [
@@ -233,8 +279,10 @@ def run_batched_grid(
     timesteps: int | None = None,
     progress_bar: bool = False,
     workers: int = 1,
+    group_size: int | None = GROUP_SIZE,
 ) -> list[tuple[Run, str]]:
-    """``runs.run_grid`` with the batched engine: every run not on disk, one group per (task, algorithm).
+    """``runs.run_grid`` with the batched engine: every run not on disk, the arms of a task that can share a
+    ``BatchedPPO`` together, in groups of at most ``group_size`` agents (``None``: no limit).
 
     With ``workers > 1`` that many groups train at once, each in its own process (``executors.ProcessPool``)
     with this process's torch threads, the largest group halved while there are fewer groups than workers.
@@ -251,9 +299,12 @@ def run_batched_grid(
     by_arm: dict[tuple[str, str], list[Run]] = {}
     for run in to_run:
         by_arm.setdefault((run.task, run.algorithm), []).append(run)
+    together: dict[tuple[Any, ...], list[Run]] = {}
+    for key, arm_runs in by_arm.items():
+        together.setdefault(arms[key].group_key, []).extend(arm_runs)
     groups = [
-        Group(arms[group[0].task, group[0].algorithm], tuple(group))
-        for group in split_groups(list(by_arm.values()), workers)
+        Group({run.algorithm: arms[run.task, run.algorithm] for run in group}, tuple(group))
+        for group in split_groups(list(together.values()), workers, group_size)
     ]
     workers = max(1, min(workers, len(groups)))
     threads = th.get_num_threads()
@@ -286,7 +337,7 @@ def run_batched_grid(
                     continue
                 write_run(run.path(directory), record)
                 final = record["evaluations"][-1]["eval_return"]
-                progress.finished(f"{run}: return {final:.1f}, {wall_seconds:.1f} s for its group of {len(group.runs)}")
+                progress.finished(f"{run}: return {final:.1f}, {wall_seconds:.1f} s for its group ({group})")
     except KeyboardInterrupt:
         outcomes.close()  # stops the workers
         progress.close()

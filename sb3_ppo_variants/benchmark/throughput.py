@@ -62,7 +62,7 @@ def profile_group(task: str, algorithm: str, seeds: list[int], learning_rate_sca
     runs = [Run(task, algorithm, learning_rate_scale, seed) for seed in seeds]
     profiler = cProfile.Profile()
     profiler.enable()
-    trainer, wall_seconds = train_group(arm, runs, timesteps)
+    trainer, wall_seconds = train_group({algorithm: arm}, runs, timesteps)
     profiler.disable()
     statistics = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
     env_class = type(trainer.env).__name__
