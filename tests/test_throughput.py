@@ -14,7 +14,7 @@ from sb3_ppo_variants.benchmark.__main__ import main
 def test_throughput_trains_both_engines_and_profiles_a_group(tmp_path: Path) -> None:
     output = tmp_path / "out"
     arguments = ["throughput", "--output", str(output), "--algorithms", "ppo", "logit", "--seeds", "0", "1"]
-    assert main([*arguments, "--timesteps", "256", "--sb3-seeds", "1", "--workers", "1", "--profile-agents", "2"]) == 0
+    assert main([*arguments, "--timesteps", "256", "--sb3-seeds", "1", "--workers", "1", "--group-size", "2"]) == 0
     result = json.loads((output / "throughput.json").read_text())
     # 8 environments × 32-step rollouts past 256 steps: every run trains to 1 024 steps
     assert (result["batched"]["runs"], result["sb3"]["runs"]) == (4, 2)
@@ -25,8 +25,11 @@ def test_throughput_trains_both_engines_and_profiles_a_group(tmp_path: Path) -> 
     ratio = result["batched"]["steps_per_cpu_second"] / result["sb3"]["steps_per_cpu_second"]
     assert result["ratio_per_cpu_second"] == pytest.approx(ratio)
     profile = result["profile"]
-    assert profile["agents"] == 2 and 0 < profile["environment_step_seconds"] < profile["collect_rollout_seconds"]
+    # the grid's first group: ppo and logit share one, cut into groups of at most 2 agents
+    assert profile["agents"] == 2 and profile["algorithms"] == ["ppo"]
+    assert 0 < profile["environment_step_seconds"] < profile["collect_rollout_seconds"]
     shares = profile["collect_rollout_share"] + profile["update_share"] + profile["evaluate_share"]
     assert 0.8 < shares <= 1.0
     assert result["settings"]["sb3_seeds"] == [0]
+    assert result["settings"]["group_size"] == 2
     assert "| batched | 4 | 4,096 |" in (output / "throughput.md").read_text()

@@ -168,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     throughput.add_argument("--timesteps", type=int, default=20_000, help="steps per run")
     throughput.add_argument("--sb3-seeds", type=int, default=2, help="the SB3 engine trains the first N seeds")
     throughput.add_argument("--workers", type=int, default=None, help="processes at once (default: every core)")
-    throughput.add_argument("--profile-agents", type=int, default=20, help="agents in the profiled group (0: none)")
+    throughput.add_argument(
+        "--group-size", type=_positive_int, default=GROUP_SIZE, help="the batched engine's most agents per group"
+    )
     pilot = subcommands.add_parser("pilot", help="the powered study's settings, chosen from PPO's pilot runs")
     pilot.add_argument("--runs", type=Path, required=True, help="directory of PPO's pilot runs")
     pilot.add_argument("--output", type=Path, required=True, help="directory for <name>.csv and <name>.md")
@@ -304,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             args.timesteps,
             args.sb3_seeds,
             args.workers or available_cores(),
-            args.profile_agents,
+            args.group_size,
         )
         print(throughput_markdown(result), end="")
     elif args.command == "pilot":

@@ -52,17 +52,25 @@ def _steps(directory: Path) -> int:
     return sum(json.loads(path.read_text())["timesteps"] for path in directory.glob("*/*.json"))
 
 
-def profile_group(task: str, algorithm: str, seeds: list[int], learning_rate_scale: float, timesteps: int) -> dict:
+def profile_group(
+    task: str, algorithms: list[str], seeds: list[int], learning_rate_scale: float, timesteps: int, agents: int
+) -> dict:
     """Where one batched group's time goes: seconds in collecting rollouts (and stepping the environments),
-    updating and evaluating, from a ``cProfile`` of the group trained in this process."""
-    from sb3_ppo_variants.benchmark.batched_runs import batched_arms, train_group
+    updating and evaluating, from a ``cProfile`` of the grid's first group with at most ``agents`` agents (the
+    arms that share the first algorithm's group, cut as the grid cuts them) trained in this process."""
+    from sb3_ppo_variants.benchmark.batched_runs import batched_arms, split_groups, train_group
     from sb3_ppo_variants.benchmark.runs import Run
 
-    arm = batched_arms([task], [algorithm])[task, algorithm]
-    runs = [Run(task, algorithm, learning_rate_scale, seed) for seed in seeds]
+    arms = batched_arms([task], algorithms)
+    key = arms[task, algorithms[0]].group_key
+    together = [algorithm for algorithm in algorithms if arms[task, algorithm].group_key == key]
+    runs = split_groups(
+        [[Run(task, algorithm, learning_rate_scale, seed) for algorithm in together for seed in seeds]], 1, agents
+    )[0]
+    group_arms = {run.algorithm: arms[task, run.algorithm] for run in runs}
     profiler = cProfile.Profile()
     profiler.enable()
-    trainer, wall_seconds = train_group({algorithm: arm}, runs, timesteps)
+    trainer, wall_seconds = train_group(group_arms, runs, timesteps)
     profiler.disable()
     statistics = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
     env_class = type(trainer.env).__name__
@@ -83,7 +91,7 @@ def profile_group(task: str, algorithm: str, seeds: list[int], learning_rate_sca
     total = cumulative("learn", "batched")
     return {
         "task": task,
-        "algorithm": algorithm,
+        "algorithms": list(group_arms),
         "agents": len(runs),
         "timesteps": timesteps,
         "profiled_seconds": round(total, 3),
@@ -101,6 +109,7 @@ def measure_throughput(
     timesteps: int,
     sb3_seeds: int,
     workers: int,
+    group_size: int,
 ) -> dict[str, Any]:
     """Both engines on the grid; steps, seconds and steps per CPU-second each, and their ratio."""
     from sb3_ppo_variants.benchmark.batched_runs import run_batched_grid
@@ -112,7 +121,14 @@ def measure_throughput(
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         results["batched"] = _measured(
             lambda: run_batched_grid(
-                batched, [task], algorithms, seeds, [learning_rate_scale], timesteps, workers=workers
+                batched,
+                [task],
+                algorithms,
+                seeds,
+                [learning_rate_scale],
+                timesteps,
+                workers=workers,
+                group_size=group_size,
             )
         )
         # ru_maxrss of the children is the largest child's peak (KiB on Linux); the grid's workers are the children
@@ -147,7 +163,8 @@ def throughput_markdown(result: dict[str, Any]) -> str:
     settings = result["settings"]
     lines = [
         f"Grid: {settings['task']}, {len(settings['algorithms'])} arms, learning rate × {settings['lr_scale']:g}, "
-        f"{settings['timesteps']} steps per run, {settings['workers']} worker process(es), 1 torch thread each.",
+        f"{settings['timesteps']} steps per run, {settings['workers']} worker process(es), 1 torch thread each, "
+        f"batched groups of at most {settings.get('group_size', len(settings['seeds']))} agents.",
         "",
         "| engine | runs | environment steps | CPU seconds | wall seconds | steps per CPU-second |",
         "|---|---|---|---|---|---|",
@@ -168,8 +185,8 @@ def throughput_markdown(result: dict[str, Any]) -> str:
     if profile:
         lines += [
             "",
-            f"Profile of one group ({profile['algorithm']}, {profile['agents']} agents, {profile['timesteps']} steps "
-            f"each, in one process): {profile['profiled_seconds']:.1f} s.",
+            f"Profile of the grid's first group ({'+'.join(profile['algorithms'])}, {profile['agents']} agents, "
+            f"{profile['timesteps']} steps each, in one process): {profile['profiled_seconds']:.1f} s.",
             "",
             "| part | seconds | share |",
             "|---|---|---|",
@@ -193,13 +210,12 @@ def run_throughput(
     timesteps: int,
     sb3_seeds: int,
     workers: int,
-    profile_agents: int,
+    group_size: int,
 ) -> dict[str, Any]:
     """Measure, profile, and write ``throughput.json`` and ``throughput.md`` into ``output``."""
     th.set_num_threads(1)
-    result = measure_throughput(task, algorithms, seeds, learning_rate_scale, timesteps, sb3_seeds, workers)
-    if profile_agents > 0:
-        result["profile"] = profile_group(task, algorithms[0], seeds[:profile_agents], learning_rate_scale, timesteps)
+    result = measure_throughput(task, algorithms, seeds, learning_rate_scale, timesteps, sb3_seeds, workers, group_size)
+    result["profile"] = profile_group(task, algorithms, seeds, learning_rate_scale, timesteps, group_size)
     result["settings"] = {
         "task": task,
         "algorithms": algorithms,
@@ -208,6 +224,7 @@ def run_throughput(
         "lr_scale": learning_rate_scale,
         "timesteps": timesteps,
         "workers": workers,
+        "group_size": group_size,
     }
     result["provenance"] = provenance()
     output.mkdir(parents=True, exist_ok=True)
