@@ -386,6 +386,25 @@ def test_arms_must_cover_the_seeds_and_carry_their_own_settings():
         BatchedPPO([0, 1, 2], arms=[Arm(1), Arm(2, agent_options={"clip_range": [0.1]})])
 
 
+@pytest.mark.parametrize("device", ["nonsense", "cuda:7" if th.cuda.is_available() else "cuda"])
+def test_a_device_that_is_not_here_is_refused(device):
+    with pytest.raises(ValueError, match=rf"device '{device}' is not available here.*available: \['cpu'"):
+        BatchedPPO([0], device=device)
+
+
+@pytest.mark.skipif(not th.cuda.is_available(), reason="needs a CUDA GPU")
+def test_agents_train_on_the_gpu_as_on_the_cpu():
+    """The rollouts' random numbers come from the agents' CPU generators, so only float rounding differs."""
+    on_gpu = BatchedPPO([0, 1], learning_rate=3e-3, arms=ARMS[1:3], device="cuda", **SMALL).learn(64)
+    on_cpu = BatchedPPO([0, 1], learning_rate=3e-3, arms=ARMS[1:3], **SMALL).learn(64)
+    assert on_gpu.network.flat.device.type == "cuda" and on_gpu.optimizer.exp_avgs[0].device.type == "cuda"
+    for agent in (0, 1):
+        for name, expected in _parameters(on_cpu, agent).items():
+            th.testing.assert_close(_parameters(on_gpu, agent)[name].cpu(), expected, rtol=1e-4, atol=1e-5, msg=name)
+    assert on_gpu.episode_returns == on_cpu.episode_returns
+    assert on_gpu.evaluate(2).tolist() == on_cpu.evaluate(2).tolist()
+
+
 def test_a_non_finite_agent_fails_with_its_step_and_the_others_go_on():
     trainer = BatchedPPO([0, 1, 2], learning_rate=3e-3, **SMALL)
     with th.no_grad():

@@ -115,6 +115,15 @@ def test_one_group_split_over_two_workers_writes_the_files_of_one_process(tmp_pa
         assert without_timing(one[name]) == without_timing(two[name])
 
 
+def test_a_device_is_the_batched_engines_and_must_be_here(tmp_path: Path) -> None:
+    command = ["collapse", *GRID, "--seeds", "0", "--runs", str(tmp_path)]
+    with pytest.raises(SystemExit, match="--device: device 'nonsense' is not available here"):
+        main([*command, "--engine", "batched", "--device", "nonsense"])
+    with pytest.raises(SystemExit, match="--device is the batched engine's"):
+        main([*command, "--device", "cuda"])
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_batched_run_has_the_fields_of_an_sb3_run(tmp_path: Path) -> None:
     th.set_num_threads(1)
     command = ["learn", "--engine", "batched", "--tasks", TASK, "--algorithms", "ppo", "--lr-scales", "1"]

@@ -130,6 +130,11 @@ class StackedActorCritic:
         """Agent ``agent``'s parameters by SB3's names (``policy.load_state_dict(…, strict=False)`` loads them)."""
         return {name: tensor[agent].detach().clone() for name, tensor in self.parameters.items()}
 
+    def to(self, device: th.device) -> StackedActorCritic:
+        """These networks on ``device`` (this object, its ``flat`` moved)."""
+        self.flat = self.flat.detach().to(device)
+        return self
+
     def requires_grad_(self) -> StackedActorCritic:
         self.flat.requires_grad_(True)
         return self

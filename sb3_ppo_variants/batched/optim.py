@@ -52,7 +52,7 @@ class StackedAdam:
         self.learning_rates = learning_rates
         self.betas = betas
         self.eps = eps
-        self.steps = th.zeros(len(learning_rates), dtype=th.float64)
+        self.steps = th.zeros(len(learning_rates), dtype=th.float64, device=learning_rates.device)
         self.exp_avgs = [th.zeros_like(parameter) for parameter in self.parameters]
         self.exp_avg_sqs = [th.zeros_like(parameter) for parameter in self.parameters]
 

@@ -96,11 +96,12 @@ class Arm:
 class _ArmState:
     """An ``Arm`` in training: its agents' slice of the stacks, its per-agent options and running state."""
 
-    def __init__(self, arm: Arm, agents: slice) -> None:
+    def __init__(self, arm: Arm, agents: slice, device: th.device) -> None:
         self.arm, self.agents = arm, agents
         self.options = LossOptions(clip_range=0.2) if arm.options is None else arm.options
         self.agent_options = {
-            name: th.as_tensor(values, dtype=th.float32) for name, values in (arm.agent_options or {}).items()
+            name: th.as_tensor(values, dtype=th.float32, device=device)
+            for name, values in (arm.agent_options or {}).items()
         }
         for name, values in self.agent_options.items():
             if name not in AGENT_OPTIONS:
@@ -117,7 +118,7 @@ class _ArmState:
                 raise ValueError(f"agent_options[{name!r}]: the shared options must turn {name} on")
         if self.options.kl_coef is not None and "kl_coef" not in self.agent_options:
             # β adapts per agent, once per rollout
-            self.agent_options["kl_coef"] = th.full((arm.n_agents,), self.options.kl_coef)
+            self.agent_options["kl_coef"] = th.full((arm.n_agents,), self.options.kl_coef, device=device)
         self.pseudo_entropy_average: th.Tensor | None = None
 
     def loss(self, evaluation: PolicyEvaluation, minibatch: Minibatch) -> tuple[th.Tensor, dict[str, th.Tensor]]:
@@ -156,7 +157,7 @@ class _ArmState:
 
     def stops(self, statistics: dict[str, th.Tensor]) -> th.Tensor:
         """Which agents stop their epochs here: SB3's ``target_kl`` and ESPO's ``ratio_change_limit``."""
-        stop = th.zeros(self.arm.n_agents, dtype=th.bool)
+        stop = th.zeros(self.arm.n_agents, dtype=th.bool, device=statistics["ratio"].device)
         if self.arm.target_kl is not None:
             stop |= statistics["approx_kl"] > 1.5 * self.arm.target_kl
         if self.arm.ratio_change_limit is not None:
@@ -237,6 +238,20 @@ def categorical_outputs(logits: th.Tensor, actions: th.Tensor) -> tuple[th.Tenso
     return normalised, log_prob, entropy
 
 
+def check_device(device: str | th.device) -> th.device:
+    """``device`` as a ``torch.device`` that this torch can allocate on.
+
+    :raises ValueError: naming the device and what is available here.
+    """
+    try:
+        checked = th.device(device)
+        th.empty(0, device=checked)
+    except (RuntimeError, AssertionError) as error:
+        available = ["cpu"] + (["cuda"] if th.cuda.is_available() else [])
+        raise ValueError(f"device {device!r} is not available here ({error}); available: {available}") from None
+    return checked
+
+
 class BatchedPPO:
     """``S`` PPO agents on ``CartPole-v1`` or ``Acrobot-v1`` in lock-step, each with ``VariantPPO``'s loss and options.
 
@@ -263,6 +278,9 @@ class BatchedPPO:
     :param adam_betas: Adam's ``(β1, β2)``, SB3's by default
     :param adam_eps: Adam's ``ε``, SB3's PPO's by default (SB3 keeps torch's 1e-8 when ``optimizer_kwargs`` are given)
     :param network: initial networks; ``None`` draws them with SB3's orthogonal initialisation.
+    :param device: where the networks, rollouts and updates live (``"cpu"``, ``"cuda"``, …). The environments
+        step on the CPU, and each agent's random stream is drawn there, so an agent's run is the same
+        computation whatever the device.
     :param arms: the agents' arms (``Arm``) in order, each with its own ``ARM_SETTINGS``, which are then left out
         of the keywords; ``None``: every agent in one arm with the keywords' settings.
     """
@@ -292,6 +310,7 @@ class BatchedPPO:
         adam_eps: float = 1e-5,
         network: StackedActorCritic | None = None,
         arms: Sequence[Arm] | None = None,
+        device: str | th.device = "cpu",
     ) -> None:
         self.seeds = list(seeds)
         n_agents = len(self.seeds)
@@ -313,10 +332,11 @@ class BatchedPPO:
             raise ValueError(f"arms: give each arm's {', '.join(ARM_SETTINGS)} in its Arm, not as keywords")
         if sum(arm.n_agents for arm in arms) != n_agents or any(arm.n_agents < 1 for arm in arms):
             raise ValueError(f"arms: their n_agents must be positive and add up to the {n_agents} seeds")
+        self.device = check_device(device)
         self.arms: list[_ArmState] = []
         start = 0
         for arm in arms:
-            self.arms.append(_ArmState(arm, slice(start, start + arm.n_agents)))
+            self.arms.append(_ArmState(arm, slice(start, start + arm.n_agents), self.device))
             start += arm.n_agents
         self.generators = [th.Generator().manual_seed(seed) for seed in self.seeds]
         self.max_episode_steps = max_episode_steps
@@ -333,12 +353,15 @@ class BatchedPPO:
             network = StackedActorCritic.initialise(
                 observation_size, n_actions, self.generators, shared_trunk=shared_trunk
             )
-        self.network = network.requires_grad_()
+        self.network = network.to(self.device).requires_grad_()
         rates = [learning_rate] * n_agents if isinstance(learning_rate, (int, float)) else list(learning_rate)
         self.optimizer = StackedAdam(
-            [self.network.flat], th.tensor(rates, dtype=th.float64), betas=adam_betas, eps=adam_eps
+            [self.network.flat],
+            th.tensor(rates, dtype=th.float64, device=self.device),
+            betas=adam_betas,
+            eps=adam_eps,
         )
-        self.failed = th.zeros(n_agents, dtype=th.bool)
+        self.failed = th.zeros(n_agents, dtype=th.bool, device=self.device)
         self.failed_at: list[int | None] = [None] * n_agents
         self.num_timesteps = 0
         self.episode_returns: list[list[float]] = [[] for _ in range(n_agents)]
@@ -354,11 +377,15 @@ class BatchedPPO:
         """Wall-clock seconds ``learn`` spent evaluating, kept apart from training as the SB3 runner does."""
         self._running_returns = np.zeros(n_agents * n_envs)
         self._last_obs: th.Tensor | None = None
-        self._last_episode_starts = th.ones(n_agents, n_envs)
+        self._last_episode_starts = th.ones(n_agents, n_envs, device=self.device)
 
     @property
     def n_agents(self) -> int:
         return len(self.seeds)
+
+    def _tensor(self, array: np.ndarray, dtype: th.dtype | None = None) -> th.Tensor:
+        """An environment's NumPy array on the trainer's device."""
+        return th.as_tensor(array, dtype=dtype, device=self.device)
 
     # ------------------------------------------------------------------ rollout
 
@@ -379,27 +406,28 @@ class BatchedPPO:
         failed_before = self.failed.clone()
         if self._last_obs is None:
             observations, _ = self.env.reset()
-            self._last_obs = th.as_tensor(observations).view(n_agents, n_envs, -1)
+            self._last_obs = self._tensor(observations).view(n_agents, n_envs, -1)
         steps: dict[str, list[th.Tensor]] = {
             key: []
             for key in ("observations", "actions", "rewards", "starts", "values", "log_prob", "logits", "features")
         }
-        dones = th.zeros(n_agents, n_envs)
+        dones = th.zeros(n_agents, n_envs, device=self.device)
         # each agent's action noise for the whole rollout from its own generator: (T, S, E)
         uniforms = th.stack([th.rand(self.n_steps, n_envs, generator=generator) for generator in self.generators], 1)
+        uniforms = uniforms.to(self.device)
         for step in range(self.n_steps):
             logits, values, features = self.network.forward_with_features(self._last_obs)
             self.failed |= ~(th.isfinite(logits).flatten(1).all(dim=1) & th.isfinite(values).all(dim=1))
             logits = th.where(self.failed.view(-1, 1, 1), th.zeros_like(logits), logits)
             actions = self._sample(logits, uniforms[step])
             normalised, log_prob, _ = categorical_outputs(logits, actions)
-            observations, rewards, terminated, truncated, info = self.env.step(actions.flatten().numpy())
+            observations, rewards, terminated, truncated, info = self.env.step(actions.flatten().cpu().numpy())
             self.num_timesteps += n_envs
             self._record_episodes(rewards, terminated | truncated)
-            rewards_t = th.as_tensor(rewards, dtype=th.float32).view(n_agents, n_envs)
-            bootstrap = th.as_tensor(truncated & ~terminated).view(n_agents, n_envs)
+            rewards_t = self._tensor(rewards, dtype=th.float32).view(n_agents, n_envs)
+            bootstrap = self._tensor(truncated & ~terminated).view(n_agents, n_envs)
             if bootstrap.any():  # timeouts bootstrap with the value function (SB3 GH issue #633)
-                final = th.as_tensor(info["final_observation"]).view(n_agents, n_envs, -1)
+                final = self._tensor(info["final_observation"]).view(n_agents, n_envs, -1)
                 rewards_t = rewards_t + self.gamma * th.where(bootstrap, self.network.values(final), 0.0)
             for key, value in zip(
                 steps,
@@ -407,8 +435,8 @@ class BatchedPPO:
                 strict=True,
             ):
                 steps[key].append(value)
-            dones = th.as_tensor(terminated | truncated, dtype=th.float32).view(n_agents, n_envs)
-            self._last_obs = th.as_tensor(observations).view(n_agents, n_envs, -1)
+            dones = self._tensor(terminated | truncated, dtype=th.float32).view(n_agents, n_envs)
+            self._last_obs = self._tensor(observations).view(n_agents, n_envs, -1)
             self._last_episode_starts = dones
             if self._eval_every is not None and self.num_timesteps >= self._next_eval:
                 self._record_evaluation()
@@ -464,7 +492,7 @@ class BatchedPPO:
     @staticmethod
     def _shuffled(rollout: StackedRollout, order: th.Tensor) -> StackedRollout:
         """Every agent's rollout in its own sample order ``(S, N)``: an epoch's minibatches are then slices."""
-        agents = th.arange(order.shape[0]).unsqueeze(1)
+        agents = th.arange(order.shape[0], device=order.device).unsqueeze(1)
         return StackedRollout(
             *cast(list[th.Tensor], [None if field is None else field[agents, order] for field in rollout])
         )
@@ -522,7 +550,7 @@ class BatchedPPO:
         active = ~self.failed
         failed_before = self.failed.clone()
         statistics: list[dict[str, th.Tensor]] = []
-        kl_sum, kl_count = th.zeros(self.n_agents), th.zeros(self.n_agents)
+        kl_sum, kl_count = th.zeros(self.n_agents, device=self.device), th.zeros(self.n_agents, device=self.device)
         if permutations is None:  # every epoch's, whoever stops early, so that each stream is the agent's own
             permutations = [
                 th.stack([th.randperm(n_samples, generator=generator) for generator in self.generators])
@@ -533,7 +561,7 @@ class BatchedPPO:
                 break
             # β adapts from the mean KL of the last epoch each agent took part in, as in VariantPPO.train()
             kl_sum, kl_count = th.where(active, 0.0, kl_sum), th.where(active, 0.0, kl_count)
-            shuffled = self._shuffled(rollout, permutations[epoch])
+            shuffled = self._shuffled(rollout, permutations[epoch].to(self.device))
             for start in range(0, n_samples, self.batch_size):
                 losses, statistics = self._minibatch_losses(shuffled, slice(start, start + self.batch_size), active)
                 stops = []
@@ -600,13 +628,13 @@ class BatchedPPO:
         returns = np.zeros(env.num_envs)
         finished = np.zeros(env.num_envs, dtype=bool)
         while not finished.all():
-            logits, _ = self.network.forward(th.as_tensor(observations).view(self.n_agents, n_episodes, -1))
+            logits, _ = self.network.forward(self._tensor(observations).view(self.n_agents, n_episodes, -1))
             actions = th.softmax(logits, dim=-1).argmax(dim=-1)
-            observations, rewards, terminated, truncated, _ = env.step(actions.flatten().numpy())
+            observations, rewards, terminated, truncated, _ = env.step(actions.flatten().cpu().numpy())
             returns += np.where(finished, 0.0, rewards)
             finished |= terminated | truncated
         result = th.as_tensor(returns).view(self.n_agents, n_episodes)
-        result[self.failed] = float("nan")
+        result[self.failed.cpu()] = float("nan")
         return result
 
     def _record_evaluation(self) -> None:

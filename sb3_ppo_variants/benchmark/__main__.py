@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch as th
 
+from sb3_ppo_variants.batched.trainer import check_device
 from sb3_ppo_variants.benchmark.algorithms import (
     CONTRIB_ALGORITHMS,
     COST_ALGORITHMS,
@@ -86,6 +87,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser, default_tasks: list[str]
         default="sb3",
         help="sb3: one SB3 model per run; batched: every seed and learning-rate scale of the algorithms of a task "
         "trained together by BatchedPPO in groups of --group-size agents, --workers such groups at once",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="--engine batched: the torch device of the networks and updates, e.g. cuda (default: cpu); the "
+        "environments step on the CPU",
     )
     parser.add_argument(
         "--group-size",
@@ -220,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
                 if args.ray_address is not None:
                     raise SystemExit("--ray-address runs the sb3 engine; --engine batched runs in this process")
                 try:
+                    check_device(args.device)
+                except ValueError as error:
+                    raise SystemExit(f"--device: {error}") from None
+                try:
                     failures = run_batched_grid(
                         args.runs,
                         tasks,
@@ -230,10 +241,15 @@ def main(argv: list[str] | None = None) -> int:
                         args.progress,
                         workers=args.workers or max(1, available_cores() // args.threads),
                         group_size=args.group_size,
+                        device=args.device,
                     )
                 except RefusedArms as error:
                     raise SystemExit(str(error)) from None
             else:
+                if args.device != "cpu":
+                    raise SystemExit(
+                        "--device is the batched engine's (--engine batched); the sb3 engine trains on the CPU"
+                    )
                 failures = run_grid(
                     args.runs,
                     tasks,

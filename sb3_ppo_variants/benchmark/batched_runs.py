@@ -26,7 +26,7 @@ from stable_baselines3 import PPO
 from torch import nn
 
 from sb3_ppo_variants.batched import AGENT_ENVIRONMENTS, BatchedPPO, StackedActorCritic, batched_settings
-from sb3_ppo_variants.batched.trainer import ARM_SETTINGS, Arm
+from sb3_ppo_variants.batched.trainer import ARM_SETTINGS, Arm, check_device
 from sb3_ppo_variants.benchmark.algorithms import ALGORITHMS
 from sb3_ppo_variants.benchmark.executors import Executor, InProcess, ProcessPool, describe, execute
 from sb3_ppo_variants.benchmark.progress import GridProgress
@@ -162,7 +162,9 @@ def batched_arms(tasks: list[str], algorithms: list[str]) -> dict[tuple[str, str
     return arms
 
 
-def train_group(arms: dict[str, BatchedArm], runs: list[Run], timesteps: int | None = None) -> tuple[BatchedPPO, float]:
+def train_group(
+    arms: dict[str, BatchedArm], runs: list[Run], timesteps: int | None = None, device: str = "cpu"
+) -> tuple[BatchedPPO, float]:
     """One ``BatchedPPO`` over ``runs`` (one agent each, its seed and learning-rate scale; the runs of an
     algorithm consecutive), with ``arms[run.algorithm]``'s arm, evaluated as the SB3 runner evaluates; the
     trainer and its wall-clock seconds.
@@ -187,6 +189,7 @@ def train_group(arms: dict[str, BatchedArm], runs: list[Run], timesteps: int | N
         shared_trunk=first.shared_trunk,
         env_id=task.env_id,
         arms=[arms[algorithm].arm(n_agents) for algorithm, n_agents in segments],
+        device=device,
         **settings,
     )
     trainer.learn(timesteps or task.timesteps, eval_every=task.eval_every)
@@ -244,10 +247,12 @@ def split_groups(groups: list[list[Run]], workers: int, group_size: int | None =
     return groups
 
 
-def train_group_records(group: Group, timesteps: int | None = None, threads: int = 1) -> dict[str, Any]:
+def train_group_records(
+    group: Group, timesteps: int | None = None, threads: int = 1, device: str = "cpu"
+) -> dict[str, Any]:
     """The executors' function: train one group; per run, its file's record, or the step at which it failed."""
     th.set_num_threads(threads)
-    trainer, wall_seconds = train_group(group.arms, list(group.runs), timesteps)
+    trainer, wall_seconds = train_group(group.arms, list(group.runs), timesteps, device)
     return {
         "wall_seconds": wall_seconds,
         "records": [
@@ -280,6 +285,7 @@ def run_batched_grid(
     progress_bar: bool = False,
     workers: int = 1,
     group_size: int | None = GROUP_SIZE,
+    device: str = "cpu",
 ) -> list[tuple[Run, str]]:
     """``runs.run_grid`` with the batched engine: every run not on disk, the arms of a task that can share a
     ``BatchedPPO`` together, in groups of at most ``group_size`` agents (``None``: no limit).
@@ -288,9 +294,12 @@ def run_batched_grid(
     with this process's torch threads, the largest group halved while there are fewer groups than workers.
     This process writes every file as its group finishes.
 
+    :param device: the torch device of the groups' networks and updates (``BatchedPPO``'s ``device``)
     :raises RefusedArms: before any run starts, when an arm cannot run batched.
+    :raises ValueError: before any run starts, when ``device`` is not available.
     :return: the runs that failed (an agent whose network or loss stopped being finite), with the reason.
     """
+    check_device(device)
     arms = batched_arms(tasks, algorithms)
     runs = grid(tasks, algorithms, seeds, learning_rate_scales)
     to_run = [run for run in runs if not run.path(directory).exists()]
@@ -316,7 +325,7 @@ def run_batched_grid(
     )
     progress = GridProgress(len(to_run), bar=progress_bar)
     failures: list[tuple[Run, str]] = []
-    function = partial(train_group_records, timesteps=timesteps, threads=threads)
+    function = partial(train_group_records, timesteps=timesteps, threads=threads, device=device)
     outcomes = execute(executor, function, groups, _GroupStarts(progress))
     try:
         for outcome in outcomes:
