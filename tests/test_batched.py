@@ -23,6 +23,7 @@ from sb3_ppo_variants.batched import (
     clip_grad_norms,
     generalized_advantages,
 )
+from sb3_ppo_variants.batched.network import tanh
 from sb3_ppo_variants.benchmark.algorithms import ALGORITHMS
 from sb3_ppo_variants.benchmark.tasks import SHARED_TRUNK
 from sb3_ppo_variants.loss import LossOptions
@@ -114,6 +115,18 @@ def test_gradient_norms_are_clipped_per_agent_as_torch_clips_them():
         for parameter, gradient in zip(parameters, clipped, strict=True):
             th.testing.assert_close(gradient[agent], parameter.grad)
     assert norms[0] < 0.5 < norms[2]  # the small one untouched, the large one scaled down
+
+
+def test_the_hidden_activation_is_torchs_tanh_and_its_gradient():
+    inputs = th.cat([th.linspace(-20.0, 20.0, 200_001), th.tensor([0.0, 1e-30, -1e-30, float("inf"), -float("inf")])])
+    ours, reference = inputs.clone().requires_grad_(), inputs.clone().requires_grad_()
+    outputs, expected = tanh(ours), th.tanh(reference)
+    th.testing.assert_close(outputs, expected, rtol=0, atol=2.5e-7)
+    assert outputs.abs().max() <= 1.0
+    weights = th.randn(len(inputs), generator=th.Generator().manual_seed(0))
+    (outputs * weights).sum().backward()
+    (expected * weights).sum().backward()
+    th.testing.assert_close(ours.grad, reference.grad, rtol=0, atol=2e-6)
 
 
 def test_initialisation_is_orthogonal_with_sb3s_gains_and_per_agent():

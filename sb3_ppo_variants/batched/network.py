@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch as th
 from stable_baselines3.common.policies import ActorCriticPolicy
@@ -22,6 +23,27 @@ ORTHOGONAL_GAINS = {
 """SB3's ``ActorCriticPolicy`` initialisation gains; biases start at 0."""
 _ALIASES = ("pi_features_extractor.", "vf_features_extractor.")
 """With a shared features extractor SB3's state dict lists its tensors three times."""
+
+
+class _Tanh(th.autograd.Function):
+    """``tanh x`` as ``2σ(2x) − 1``, the same function (within 2e-7 in float32), about twice as fast as
+    ``torch.tanh`` on a CPU with AVX2; its gradient is ``1 − tanh² x``, as ``torch.tanh``'s."""
+
+    @staticmethod
+    def forward(ctx: Any, inputs: th.Tensor) -> th.Tensor:
+        outputs = th.sigmoid(inputs * 2.0).mul_(2.0).sub_(1.0)
+        ctx.save_for_backward(outputs)
+        return outputs
+
+    @staticmethod
+    def backward(ctx: Any, gradient: th.Tensor) -> th.Tensor:
+        (outputs,) = ctx.saved_tensors
+        return th.ops.aten.tanh_backward(gradient, outputs)
+
+
+def tanh(inputs: th.Tensor) -> th.Tensor:
+    """The hidden layers' activation (``_Tanh``)."""
+    return cast(th.Tensor, _Tanh.apply(inputs))
 
 
 def _linear(inputs: th.Tensor, weight: th.Tensor, bias: th.Tensor) -> th.Tensor:
@@ -145,7 +167,7 @@ class StackedActorCritic:
     ) -> th.Tensor:
         for layer in layers:
             pre_activations.append(_linear(inputs, parameters[f"{layer}.weight"], parameters[f"{layer}.bias"]))
-            inputs = th.tanh(pre_activations[-1])
+            inputs = tanh(pre_activations[-1])
         return inputs
 
     @staticmethod

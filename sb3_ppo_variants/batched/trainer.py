@@ -492,10 +492,16 @@ class BatchedPPO:
     @staticmethod
     def _shuffled(rollout: StackedRollout, order: th.Tensor) -> StackedRollout:
         """Every agent's rollout in its own sample order ``(S, N)``: an epoch's minibatches are then slices."""
-        agents = th.arange(order.shape[0], device=order.device).unsqueeze(1)
-        return StackedRollout(
-            *cast(list[th.Tensor], [None if field is None else field[agents, order] for field in rollout])
-        )
+        n_agents, n_samples = order.shape
+        # one index_select over the flattened (S·N) rows: several times faster than rollout[agents, order]
+        rows = (th.arange(n_agents, device=order.device).unsqueeze(1) * n_samples + order).flatten()
+
+        def shuffled(field: th.Tensor | None) -> th.Tensor | None:
+            if field is None:
+                return None
+            return field.reshape(n_agents * n_samples, *field.shape[2:]).index_select(0, rows).view(field.shape)
+
+        return StackedRollout(*cast(list[th.Tensor], [shuffled(field) for field in rollout]))
 
     def _minibatch_losses(
         self, shuffled: StackedRollout, batch: slice, active: th.Tensor
