@@ -86,10 +86,17 @@ class StackedActorCritic:
 
     @property
     def parameters(self) -> dict[str, th.Tensor]:
-        """Every parameter, ``(S, …)``, as a view of ``flat``."""
+        """Every parameter, ``(S, …)``, as a view of ``flat``.
+
+        The views come from one ``torch.split``, whose backward writes every gradient into ``flat``'s in one
+        concatenation, where a slice per parameter would fill a zero tensor of ``flat``'s size for each.
+        """
         agents = self.flat.shape[0]
+        sizes = [end - start for start, end, _ in self._layout.values()]
+        pieces = th.split(self.flat, sizes, dim=1)
         return {
-            name: self.flat[:, start:end].view(agents, *shape) for name, (start, end, shape) in self._layout.items()
+            name: piece.view(agents, *shape)
+            for (name, (_, _, shape)), piece in zip(self._layout.items(), pieces, strict=True)
         }
 
     @property
