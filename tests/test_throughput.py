@@ -32,4 +32,9 @@ def test_throughput_trains_both_engines_and_profiles_a_group(tmp_path: Path) -> 
     assert 0.8 < shares <= 1.0
     assert result["settings"]["sb3_seeds"] == [0]
     assert result["settings"]["group_size"] == 2
+    minibatch = result["minibatch"]
+    assert minibatch["agents"] == 2 and minibatch["algorithms"] == ["ppo"]
+    assert all(value > 0 for value in minibatch["phases_ms"].values())
+    assert minibatch["step_ms"] == pytest.approx(sum(minibatch["phases_ms"].values()), abs=0.01)
+    assert set(minibatch["per_agent_ms"]) == {"16", "64", "256"} and all(minibatch["per_agent_ms"].values())
     assert "| batched | 4 | 4,096 |" in (output / "throughput.md").read_text()

@@ -24,6 +24,7 @@ import numpy as np
 import torch as th
 from stable_baselines3 import PPO
 from torch.func import vmap
+from torch.profiler import record_function
 
 from sb3_ppo_variants import objectives
 from sb3_ppo_variants.batched.network import StackedActorCritic
@@ -508,13 +509,30 @@ class BatchedPPO:
     ) -> tuple[list[th.Tensor], list[dict[str, th.Tensor]]]:
         """One forward pass of every agent on its minibatch ``batch`` of ``shuffled``, then each arm's loss;
         updates each arm's smoothed pseudo-entropy where its agents are ``active``."""
-        logits, values, features = self.network.forward_with_features(shuffled.observations[:, batch])
-        normalised, log_prob, entropy = categorical_outputs(logits, shuffled.actions[:, batch])
-        pseudo_entropy = kl = None
-        if any(arm.options.uses_pseudo_entropy for arm in self.arms):
-            pseudo_entropy = objectives.pseudo_entropy(th.softmax(normalised, dim=-1))
-        if any(arm.options.uses_exact_kl for arm in self.arms):
-            kl = objectives.categorical_kl(shuffled.old_logits[:, batch], normalised)
+        with record_function("batched.forward"):
+            logits, values, features = self.network.forward_with_features(shuffled.observations[:, batch])
+            normalised, log_prob, entropy = categorical_outputs(logits, shuffled.actions[:, batch])
+            pseudo_entropy = kl = None
+            if any(arm.options.uses_pseudo_entropy for arm in self.arms):
+                pseudo_entropy = objectives.pseudo_entropy(th.softmax(normalised, dim=-1))
+            if any(arm.options.uses_exact_kl for arm in self.arms):
+                kl = objectives.categorical_kl(shuffled.old_logits[:, batch], normalised)
+        with record_function("batched.loss"):
+            return self._arm_losses(shuffled, batch, active, values, log_prob, entropy, features, pseudo_entropy, kl)
+
+    def _arm_losses(
+        self,
+        shuffled: StackedRollout,
+        batch: slice,
+        active: th.Tensor,
+        values: th.Tensor,
+        log_prob: th.Tensor,
+        entropy: th.Tensor,
+        features: th.Tensor,
+        pseudo_entropy: th.Tensor | None,
+        kl: th.Tensor | None,
+    ) -> tuple[list[th.Tensor], list[dict[str, th.Tensor]]]:
+        """Each arm's losses and statistics from every agent's network outputs on its minibatch."""
         losses, statistics = [], []
         for arm in self.arms:
             agents, options = arm.agents, arm.options
@@ -580,12 +598,15 @@ class BatchedPPO:
                 active = active & ~th.cat(stops)
                 every_loss = th.cat(losses)
                 self.optimizer.zero_grad()
-                th.where(active, every_loss, th.zeros_like(every_loss)).sum().backward()
-                norms = clip_grad_norms([parameter.grad for parameter in parameters], self.max_grad_norm)  # type: ignore[misc]
+                with record_function("batched.backward"):
+                    th.where(active, every_loss, th.zeros_like(every_loss)).sum().backward()
+                with record_function("batched.clip"):
+                    norms = clip_grad_norms([parameter.grad for parameter in parameters], self.max_grad_norm)  # type: ignore[misc]
                 broken = active & ~(th.isfinite(every_loss) & th.isfinite(norms))
                 self.failed |= broken
                 active = active & ~broken
-                self.optimizer.step(active)
+                with record_function("batched.adam"):
+                    self.optimizer.step(active)
         self._record_failures(failed_before)
         self._adapt_kl_coefs(kl_sum / kl_count.clamp(min=1.0), kl_count > 0)
         common = set.intersection(*(set(arm_statistics) for arm_statistics in statistics)) if statistics else set()

@@ -15,8 +15,9 @@
 
 Runs already on disk are skipped, so ``learn`` and ``collapse`` resume after an interruption. They run
 ``--workers`` runs at once in local processes, or every run as a task on a Ray cluster (``--ray-address``),
-or, with ``--engine batched``, all seeds and learning-rate scales of an algorithm on a task as one
-``BatchedPPO`` (``batched_runs``); the command exits with status 1 when a run failed, after the others finished.
+or, with ``--engine batched``, the seeds, learning-rate scales and algorithms of a task together in
+``BatchedPPO`` groups of at most ``--group-size`` agents (``batched_runs``); the command exits with
+status 1 when a run failed, after the others finished.
 """
 
 from __future__ import annotations

@@ -162,12 +162,9 @@ def batched_arms(tasks: list[str], algorithms: list[str]) -> dict[tuple[str, str
     return arms
 
 
-def train_group(
-    arms: dict[str, BatchedArm], runs: list[Run], timesteps: int | None = None, device: str = "cpu"
-) -> tuple[BatchedPPO, float]:
+def group_trainer(arms: dict[str, BatchedArm], runs: list[Run], device: str = "cpu") -> BatchedPPO:
     """One ``BatchedPPO`` over ``runs`` (one agent each, its seed and learning-rate scale; the runs of an
-    algorithm consecutive), with ``arms[run.algorithm]``'s arm, evaluated as the SB3 runner evaluates; the
-    trainer and its wall-clock seconds.
+    algorithm consecutive), each run with ``arms[run.algorithm]``'s arm.
 
     :raises ValueError: when the arms cannot share a group (``BatchedArm.group_key``)
     """
@@ -183,8 +180,7 @@ def train_group(
     task = TASKS[first.task]
     settings = {name: value for name, value in first.settings.items() if name not in ARM_SETTINGS}
     settings["learning_rate"] = [task.hyperparameters["learning_rate"] * run.learning_rate_scale for run in runs]
-    start = time.perf_counter()
-    trainer = BatchedPPO(
+    return BatchedPPO(
         [run.seed for run in runs],
         shared_trunk=first.shared_trunk,
         env_id=task.env_id,
@@ -192,6 +188,16 @@ def train_group(
         device=device,
         **settings,
     )
+
+
+def train_group(
+    arms: dict[str, BatchedArm], runs: list[Run], timesteps: int | None = None, device: str = "cpu"
+) -> tuple[BatchedPPO, float]:
+    """``group_trainer``'s trainer after its runs' budget, evaluated as the SB3 runner evaluates; the trainer
+    and its wall-clock seconds."""
+    task = TASKS[runs[0].task]
+    start = time.perf_counter()
+    trainer = group_trainer(arms, runs, device)
     trainer.learn(timesteps or task.timesteps, eval_every=task.eval_every)
     return trainer, time.perf_counter() - start
 

@@ -52,13 +52,18 @@ def _steps(directory: Path) -> int:
     return sum(json.loads(path.read_text())["timesteps"] for path in directory.glob("*/*.json"))
 
 
-def profile_group(
-    task: str, algorithms: list[str], seeds: list[int], learning_rate_scale: float, timesteps: int, agents: int
-) -> dict:
-    """Where one batched group's time goes: seconds in collecting rollouts (and stepping the environments),
-    updating and evaluating, from a ``cProfile`` of the grid's first group with at most ``agents`` agents (the
-    arms that share the first algorithm's group, cut as the grid cuts them) trained in this process."""
-    from sb3_ppo_variants.benchmark.batched_runs import batched_arms, split_groups, train_group
+STEP_PHASES = ("forward", "loss", "backward", "clip", "adam")
+"""The phases of a minibatch step, as ``BatchedPPO.update`` labels them (``record_function("batched.<phase>")``)."""
+SCALING_SIZES = (16, 64, 256)
+"""Group sizes at which ``minibatch_profile`` times PPO's minibatch step per agent."""
+
+
+def _first_group(
+    task: str, algorithms: list[str], seeds: list[int], learning_rate_scale: float, agents: int
+) -> tuple[dict[str, Any], list[Any]]:
+    """The grid's first batched group of at most ``agents`` agents: the arms that share the first algorithm's
+    group, cut as the grid cuts them; its arms by algorithm and its runs."""
+    from sb3_ppo_variants.benchmark.batched_runs import batched_arms, split_groups
     from sb3_ppo_variants.benchmark.runs import Run
 
     arms = batched_arms([task], algorithms)
@@ -67,7 +72,62 @@ def profile_group(
     runs = split_groups(
         [[Run(task, algorithm, learning_rate_scale, seed) for algorithm in together for seed in seeds]], 1, agents
     )[0]
-    group_arms = {run.algorithm: arms[task, run.algorithm] for run in runs}
+    return {run.algorithm: arms[task, run.algorithm] for run in runs}, runs
+
+
+def _minibatch_steps(trainer: Any) -> int:
+    return int(trainer.n_epochs * -(-trainer.n_envs * trainer.n_steps // trainer.batch_size))
+
+
+def minibatch_profile(
+    task: str, algorithms: list[str], seeds: list[int], learning_rate_scale: float, agents: int
+) -> dict[str, Any]:
+    """What one minibatch step of the batched engine costs, in CPU milliseconds of this process.
+
+    - ``phases``: the grid's first group (as ``profile_group``'s), one update after a first one, split by
+      ``torch.profiler`` into ``STEP_PHASES`` per minibatch step;
+    - ``per_agent``: PPO alone in groups of ``SCALING_SIZES`` agents, one update's CPU time per agent and
+      minibatch step.
+    """
+    from sb3_ppo_variants.benchmark.batched_runs import batched_arms, group_trainer
+    from sb3_ppo_variants.benchmark.runs import Run
+
+    group_arms, runs = _first_group(task, algorithms, seeds, learning_rate_scale, agents)
+    trainer = group_trainer(group_arms, runs)
+    rollout = trainer.collect_rollout()
+    trainer.update(rollout)
+    with th.profiler.profile(activities=[th.profiler.ProfilerActivity.CPU]) as profiler:
+        trainer.update(rollout)
+    totals = {event.key: event.cpu_time_total for event in profiler.key_averages()}
+    steps = _minibatch_steps(trainer)
+    phases = {phase: round(totals.get(f"batched.{phase}", 0.0) / 1000 / steps, 3) for phase in STEP_PHASES}
+    ppo = batched_arms([task], [BASELINE])[task, BASELINE]
+    per_agent = {}
+    for size in SCALING_SIZES:
+        alone = group_trainer({BASELINE: ppo}, [Run(task, BASELINE, learning_rate_scale, seed) for seed in range(size)])
+        rollout = alone.collect_rollout()
+        alone.update(rollout)
+        start = time.process_time()
+        alone.update(rollout)
+        per_agent[str(size)] = round((time.process_time() - start) * 1000 / _minibatch_steps(alone) / size, 4)
+    return {
+        "algorithms": list(group_arms),
+        "agents": len(runs),
+        "phases_ms": phases,
+        "step_ms": round(sum(phases.values()), 3),
+        "per_agent_ms": per_agent,
+    }
+
+
+def profile_group(
+    task: str, algorithms: list[str], seeds: list[int], learning_rate_scale: float, timesteps: int, agents: int
+) -> dict:
+    """Where one batched group's time goes: seconds in collecting rollouts (and stepping the environments),
+    updating and evaluating, from a ``cProfile`` of the grid's first group with at most ``agents`` agents (the
+    arms that share the first algorithm's group, cut as the grid cuts them) trained in this process."""
+    from sb3_ppo_variants.benchmark.batched_runs import train_group
+
+    group_arms, runs = _first_group(task, algorithms, seeds, learning_rate_scale, agents)
     profiler = cProfile.Profile()
     profiler.enable()
     trainer, wall_seconds = train_group(group_arms, runs, timesteps)
@@ -198,6 +258,22 @@ def throughput_markdown(result: dict[str, Any]) -> str:
             ("evaluate", "evaluations (greedy episodes)"),
         ):
             lines.append(f"| {label} | {profile[f'{name}_seconds']:.1f} | {profile[f'{name}_share']:.0%} |")
+    minibatch = result.get("minibatch")
+    if minibatch:
+        phases = minibatch["phases_ms"]
+        lines += [
+            "",
+            f"One minibatch step of that group ({'+'.join(minibatch['algorithms'])}, {minibatch['agents']} agents), "
+            f"CPU milliseconds by `torch.profiler`: {minibatch['step_ms']:.1f} ms in all.",
+            "",
+            "| " + " | ".join(STEP_PHASES) + " |",
+            "|" + "---|" * len(STEP_PHASES),
+            "| " + " | ".join(f"{phases[phase]:.2f}" for phase in STEP_PHASES) + " |",
+            "",
+            "PPO alone, CPU milliseconds per agent and minibatch step, by group size: "
+            + ", ".join(f"{size} agents {value:.3f}" for size, value in minibatch["per_agent_ms"].items())
+            + ".",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -216,6 +292,7 @@ def run_throughput(
     th.set_num_threads(1)
     result = measure_throughput(task, algorithms, seeds, learning_rate_scale, timesteps, sb3_seeds, workers, group_size)
     result["profile"] = profile_group(task, algorithms, seeds, learning_rate_scale, timesteps, group_size)
+    result["minibatch"] = minibatch_profile(task, algorithms, seeds, learning_rate_scale, group_size)
     result["settings"] = {
         "task": task,
         "algorithms": algorithms,
