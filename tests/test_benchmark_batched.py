@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 import torch as th
-from run_records import benchmark, without_timing
+from run_records import ROOT, benchmark, without_timing
 
 from sb3_ppo_variants import VariantPPO
 from sb3_ppo_variants.benchmark.__main__ import main
@@ -122,6 +127,51 @@ def test_a_device_is_the_batched_engines_and_must_be_here(tmp_path: Path) -> Non
     with pytest.raises(SystemExit, match="--device is the batched engine's"):
         main([*command, "--device", "cuda"])
     assert not list(tmp_path.iterdir())
+
+
+def _children(pid: int) -> set[int]:
+    listing = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return {int(line) for line in listing.split()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+@pytest.mark.parametrize("engine", ["batched", "sb3"])
+def test_sigterm_stops_the_grids_workers_and_says_how_to_resume(tmp_path: Path, engine: str) -> None:
+    """A scheduler's stop (SIGTERM) is handled as Ctrl-C: no worker process is left running."""
+    command = [sys.executable, "-m", "sb3_ppo_variants.benchmark", "collapse", "--engine", engine, "--tasks", TASK]
+    command += ["--algorithms", "ppo", "--lr-scales", "1", "--seeds", "0", "1", "--workers", "2"]
+    command += ["--timesteps", "1000000", "--runs", str(tmp_path / "runs")]
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    driver = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        workers: set[int] = set()
+        while len(workers) < 3 and time.monotonic() < deadline:  # two workers and the resource tracker
+            time.sleep(0.5)
+            workers = _children(driver.pid)
+        assert len(workers) >= 3, "the grid did not start its workers"
+        time.sleep(3)  # the workers are training
+        driver.send_signal(signal.SIGTERM)
+        _, stderr = driver.communicate(timeout=60)
+    finally:
+        driver.kill()
+    assert driver.returncode == 128 + signal.SIGTERM, stderr
+    assert "run the same command again to resume" in stderr
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in workers if _alive(pid)]
+    for pid in left:  # so that a failure leaves nothing running either
+        os.kill(pid, signal.SIGKILL)
+    assert not left
+    assert not list((tmp_path / "runs").rglob("*.json"))
 
 
 def test_a_batched_run_has_the_fields_of_an_sb3_run(tmp_path: Path) -> None:

@@ -23,7 +23,10 @@ status 1 when a run failed, after the others finished.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch as th
@@ -49,6 +52,28 @@ def _parse_tasks(names: list[str] | None, default: list[str]) -> list[str]:
     if unknown:
         raise SystemExit(f"unknown task(s) {unknown}; choose from {sorted(TASKS)}")
     return chosen
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, ``kill``), handled as Ctrl-C: the grid stops its workers and says how to resume."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM raises ``Terminated`` in the main thread (elsewhere it is left alone)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _positive_int(text: str) -> int:
@@ -221,51 +246,54 @@ def main(argv: list[str] | None = None) -> int:
         default_tasks = list(TASKS) if args.command == "learn" else ["CartPole-v1"]
         tasks = _parse_tasks(args.tasks, default_tasks)
         algorithms = parse_algorithms(args.algorithms, LEARNING_ALGORITHMS)
-        try:
-            if args.engine == "batched":
-                from sb3_ppo_variants.benchmark.batched_runs import RefusedArms, run_batched_grid
+        with _terminate_as_interrupt():
+            try:
+                if args.engine == "batched":
+                    from sb3_ppo_variants.benchmark.batched_runs import RefusedArms, run_batched_grid
 
-                if args.ray_address is not None:
-                    raise SystemExit("--ray-address runs the sb3 engine; --engine batched runs in this process")
-                try:
-                    check_device(args.device)
-                except ValueError as error:
-                    raise SystemExit(f"--device: {error}") from None
-                try:
-                    failures = run_batched_grid(
+                    if args.ray_address is not None:
+                        raise SystemExit("--ray-address runs the sb3 engine; --engine batched runs in this process")
+                    try:
+                        check_device(args.device)
+                    except ValueError as error:
+                        raise SystemExit(f"--device: {error}") from None
+                    try:
+                        failures = run_batched_grid(
+                            args.runs,
+                            tasks,
+                            algorithms,
+                            args.seeds,
+                            args.lr_scales,
+                            args.timesteps,
+                            args.progress,
+                            workers=args.workers or max(1, available_cores() // args.threads),
+                            group_size=args.group_size,
+                            device=args.device,
+                        )
+                    except RefusedArms as error:
+                        raise SystemExit(str(error)) from None
+                else:
+                    if args.device != "cpu":
+                        raise SystemExit(
+                            "--device is the batched engine's (--engine batched); the sb3 engine trains on the CPU"
+                        )
+                    failures = run_grid(
                         args.runs,
                         tasks,
                         algorithms,
                         args.seeds,
                         args.lr_scales,
                         args.timesteps,
-                        args.progress,
+                        threads=args.threads,
                         workers=args.workers or max(1, available_cores() // args.threads),
-                        group_size=args.group_size,
-                        device=args.device,
+                        ray_address=args.ray_address,
+                        ray_max_retries=args.ray_max_retries,
+                        progress_bar=args.progress,
                     )
-                except RefusedArms as error:
-                    raise SystemExit(str(error)) from None
-            else:
-                if args.device != "cpu":
-                    raise SystemExit(
-                        "--device is the batched engine's (--engine batched); the sb3 engine trains on the CPU"
-                    )
-                failures = run_grid(
-                    args.runs,
-                    tasks,
-                    algorithms,
-                    args.seeds,
-                    args.lr_scales,
-                    args.timesteps,
-                    threads=args.threads,
-                    workers=args.workers or max(1, available_cores() // args.threads),
-                    ray_address=args.ray_address,
-                    ray_max_retries=args.ray_max_retries,
-                    progress_bar=args.progress,
-                )
-        except KeyboardInterrupt:  # the grid said what was done and how to resume
-            return 130
+            except Terminated:  # the grid said what was done and how to resume
+                return 128 + signal.SIGTERM
+            except KeyboardInterrupt:
+                return 130
         if failures:
             return 1
     elif args.command == "cost":
