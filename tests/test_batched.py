@@ -24,6 +24,7 @@ from sb3_ppo_variants.batched import (
     generalized_advantages,
 )
 from sb3_ppo_variants.batched.network import tanh
+from sb3_ppo_variants.batched.trainer import TRAIN_STATISTICS
 from sb3_ppo_variants.benchmark.algorithms import ALGORITHMS
 from sb3_ppo_variants.benchmark.tasks import SHARED_TRUNK
 from sb3_ppo_variants.loss import LossOptions
@@ -311,6 +312,11 @@ def _assert_one_update_matches(model) -> BatchedPPO:
     for name, actual in batched.network.agent_state_dict(0).items():
         th.testing.assert_close(actual, trained[name], rtol=1e-5, atol=1e-5, msg=name)
     assert (trained["action_net.weight"] - initial["action_net.weight"]).abs().max() > 1e-4
+    # the training statistics have SB3's keys and values
+    logged = model.logger.name_to_value
+    assert set(batched.train_statistics[0]) == set(TRAIN_STATISTICS)
+    for name, value in batched.train_statistics[0].items():
+        assert value == pytest.approx(float(logged[f"train/{name}"]), rel=1e-4, abs=1e-6), name
     return batched
 
 

@@ -55,6 +55,28 @@ ARM_SETTINGS = (
     "kl_adapt_tolerance",
 )
 """``BatchedPPO``'s arguments that may differ between the arms (``Arm``) of one group."""
+TRAIN_STATISTICS = (
+    "entropy_loss",
+    "policy_gradient_loss",
+    "value_loss",
+    "approx_kl",
+    "clip_fraction",
+    "loss",
+    "explained_variance",
+    "n_updates",
+    "clip_range",
+    "learning_rate",
+)
+"""SB3 ``PPO``'s ``train/`` logger keys, with its meaning, that ``BatchedPPO`` records per agent after each update:
+means over the minibatch steps the agent took part in (``clip_fraction`` with its own ``ε``, or ``ε_low`` and
+``ε_high``; ``approx_kl`` over those of its last epoch, as SB3 resets it each epoch), the last minibatch's
+loss, the rollout's explained variance and the epochs begun so far."""
+_MINIBATCH_MEANS = {
+    "entropy_loss": "entropy_loss",
+    "policy_gradient_loss": "policy_loss",
+    "value_loss": "value_loss",
+}
+"""``TRAIN_STATISTICS`` that are means over minibatch steps, and the ``LossStatistics`` field of each."""
 TRAIN_RETURN_WINDOW = 100
 """Training episodes in ``train_return``: SB3's ``stats_window_size``, whose ``ep_info_buffer`` the runner reads."""
 
@@ -156,6 +178,18 @@ class _ArmState:
 
         return vmap(agent_loss)(*tensors)
 
+    def clip_ranges(self) -> tuple[th.Tensor | float, th.Tensor | float]:
+        """Each agent's ``(ε_low, ε_high)``: ``clip_fraction`` counts the ratios outside ``[1 − ε_low, 1 + ε_high]``."""
+        low = self.agent_options.get("clip_range", self.options.clip_range)
+        high = low if self.options.clip_range_high is None else self.options.clip_range_high
+        return low, high
+
+    def clip_fraction(self, ratio: th.Tensor) -> th.Tensor:
+        """Per agent, the fraction of its minibatch's ratios ``(n_agents, B)`` outside the clip range."""
+        low, high = (bound.unsqueeze(1) if isinstance(bound, th.Tensor) else bound for bound in self.clip_ranges())
+        outside = (ratio > 1.0 + high) | (ratio < 1.0 - low)
+        return outside.float().mean(dim=1)
+
     def stops(self, statistics: dict[str, th.Tensor]) -> th.Tensor:
         """Which agents stop their epochs here: SB3's ``target_kl`` and ESPO's ``ratio_change_limit``."""
         stop = th.zeros(self.arm.n_agents, dtype=th.bool, device=statistics["ratio"].device)
@@ -228,6 +262,11 @@ def batched_settings(model: PPO) -> dict[str, Any]:
             normalize_advantage=model.normalize_advantage,
         )
     return settings
+
+
+def _accumulate(total: th.Tensor, agents: slice, measured: th.Tensor, value: th.Tensor) -> None:
+    """``total[agents] += value`` where ``measured``, in place."""
+    total[agents] += th.where(measured, value.detach(), 0.0)
 
 
 def categorical_outputs(logits: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
@@ -363,6 +402,11 @@ class BatchedPPO:
             eps=adam_eps,
         )
         self.failed = th.zeros(n_agents, dtype=th.bool, device=self.device)
+        self.n_updates = th.zeros(n_agents, dtype=th.long, device=self.device)
+        """Per agent, the epochs begun (SB3's ``_n_updates``: an epoch that stopped early counts)."""
+        self.train_statistics: list[dict[str, float]] = [{} for _ in range(n_agents)]
+        """Per agent, ``TRAIN_STATISTICS`` of its last update (empty before the first), as the SB3 runner's
+        ``evaluations[].train``."""
         self.failed_at: list[int | None] = [None] * n_agents
         self.num_timesteps = 0
         self.episode_returns: list[list[float]] = [[] for _ in range(n_agents)]
@@ -575,6 +619,13 @@ class BatchedPPO:
         failed_before = self.failed.clone()
         statistics: list[dict[str, th.Tensor]] = []
         kl_sum, kl_count = th.zeros(self.n_agents, device=self.device), th.zeros(self.n_agents, device=self.device)
+        sums = {name: th.zeros(self.n_agents, device=self.device) for name in (*_MINIBATCH_MEANS, "clip_fraction")}
+        steps = th.zeros(self.n_agents, device=self.device)
+        approx_kl_sum, epoch_steps = (
+            th.zeros(self.n_agents, device=self.device),
+            th.zeros(self.n_agents, device=self.device),
+        )
+        last_loss = th.full((self.n_agents,), float("nan"), device=self.device)
         if permutations is None:  # every epoch's, whoever stops early, so that each stream is the agent's own
             permutations = [
                 th.stack([th.randperm(n_samples, generator=generator) for generator in self.generators])
@@ -585,18 +636,28 @@ class BatchedPPO:
                 break
             # β adapts from the mean KL of the last epoch each agent took part in, as in VariantPPO.train()
             kl_sum, kl_count = th.where(active, 0.0, kl_sum), th.where(active, 0.0, kl_count)
+            approx_kl_sum, epoch_steps = th.where(active, 0.0, approx_kl_sum), th.where(active, 0.0, epoch_steps)
+            self.n_updates += active.long()
             shuffled = self._shuffled(rollout, permutations[epoch].to(self.device))
             for start in range(0, n_samples, self.batch_size):
                 losses, statistics = self._minibatch_losses(shuffled, slice(start, start + self.batch_size), active)
                 stops = []
                 for arm, arm_statistics in zip(self.arms, statistics, strict=True):
+                    measured = active[arm.agents]  # this minibatch counts for the agents that evaluated it
+                    for name, field in _MINIBATCH_MEANS.items():
+                        _accumulate(sums[name], arm.agents, measured, arm_statistics[field])
+                    _accumulate(sums["clip_fraction"], arm.agents, measured, arm.clip_fraction(arm_statistics["ratio"]))
+                    _accumulate(approx_kl_sum, arm.agents, measured, arm_statistics["approx_kl"])
                     if "kl" in arm_statistics:
-                        measured = active[arm.agents]
-                        kl_sum[arm.agents] += th.where(measured, arm_statistics["kl"].sum(dim=1), 0.0)
-                        kl_count[arm.agents] += th.where(measured, float(arm_statistics["kl"].shape[1]), 0.0)
+                        kl = arm_statistics["kl"]
+                        _accumulate(kl_sum, arm.agents, measured, kl.sum(dim=1))
+                        _accumulate(kl_count, arm.agents, measured, th.full_like(measured, kl.shape[1], dtype=kl.dtype))
                     stops.append(arm.stops(arm_statistics))
-                active = active & ~th.cat(stops)
                 every_loss = th.cat(losses)
+                steps += active.float()
+                epoch_steps += active.float()
+                last_loss = th.where(active, every_loss.detach(), last_loss)
+                active = active & ~th.cat(stops)
                 self.optimizer.zero_grad()
                 with record_function("batched.backward"):
                     th.where(active, every_loss, th.zeros_like(every_loss)).sum().backward()
@@ -608,9 +669,35 @@ class BatchedPPO:
                 with record_function("batched.adam"):
                     self.optimizer.step(active)
         self._record_failures(failed_before)
+        means = {name: total / steps.clamp(min=1.0) for name, total in sums.items()}
+        means["approx_kl"] = approx_kl_sum / epoch_steps.clamp(min=1.0)
+        self._record_train_statistics(rollout, means, steps > 0, last_loss)
         self._adapt_kl_coefs(kl_sum / kl_count.clamp(min=1.0), kl_count > 0)
         common = set.intersection(*(set(arm_statistics) for arm_statistics in statistics)) if statistics else set()
         return {name: th.cat([arm_statistics[name] for arm_statistics in statistics]) for name in common}
+
+    @th.no_grad()
+    def _record_train_statistics(
+        self, rollout: StackedRollout, means: dict[str, th.Tensor], updated: th.Tensor, last_loss: th.Tensor
+    ) -> None:
+        """``train_statistics`` of every agent that evaluated a minibatch in this update (``updated``), from the
+        update's per-agent means of the minibatch statistics."""
+        values, returns = rollout.old_values.double(), rollout.returns.double()
+        # SB3's explained_variance(y_pred=values, y_true=returns): 1 − Var[y − ŷ] / Var[y], NaN when Var[y] = 0
+        variance = returns.var(dim=1, unbiased=False)
+        explained = 1.0 - (returns - values).var(dim=1, unbiased=False) / variance
+        explained = th.where(variance == 0, float("nan"), explained)
+        columns = dict(means)
+        columns.update(loss=last_loss, explained_variance=explained, n_updates=self.n_updates.double())
+        columns["learning_rate"] = self.optimizer.learning_rates
+        clip_range = th.empty(self.n_agents, dtype=th.float64, device=self.device)
+        for arm in self.arms:
+            clip_range[arm.agents] = th.as_tensor(arm.clip_ranges()[0], dtype=th.float64, device=self.device)
+        columns["clip_range"] = clip_range
+        table = {name: columns[name].double().cpu().tolist() for name in TRAIN_STATISTICS}
+        for agent, evaluated in enumerate(updated.tolist()):
+            if evaluated:
+                self.train_statistics[agent] = {name: table[name][agent] for name in TRAIN_STATISTICS}
 
     def _adapt_kl_coefs(self, kl: th.Tensor, measured: th.Tensor) -> None:
         """``objectives.adapt_kl_coef`` for each agent of a KL-penalty arm that measured a KL, floored as in
@@ -676,6 +763,7 @@ class BatchedPPO:
                     "eval_return": float(np.mean(agent_returns)),
                     "eval_returns": [round(value, 2) for value in agent_returns],
                     "train_return": float(np.mean(recent)) if recent else None,
+                    "train": {name: round(value, 6) for name, value in self.train_statistics[agent].items()},
                 }
             )
         if self._eval_every is not None:

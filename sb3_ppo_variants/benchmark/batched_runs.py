@@ -206,7 +206,7 @@ def run_record(trainer: BatchedPPO, agent: int, run: Run, wall_seconds: float) -
     """Agent ``agent``'s run file: the SB3 engine's fields (``runs.train_and_evaluate``). The seconds are the
     whole group's, which trained together."""
     task = TASKS[run.task]
-    evaluations = [{**record, "train": {}} for record in trainer.evaluations[agent]]
+    evaluations = trainer.evaluations[agent]
     return {
         "task": run.task,
         "algorithm": run.algorithm,
