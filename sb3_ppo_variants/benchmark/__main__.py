@@ -246,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         default_tasks = list(TASKS) if args.command == "learn" else ["CartPole-v1"]
         tasks = _parse_tasks(args.tasks, default_tasks)
         algorithms = parse_algorithms(args.algorithms, LEARNING_ALGORITHMS)
+        grid_arguments = (args.runs, tasks, algorithms, args.seeds, args.lr_scales, args.timesteps)
+        workers = args.workers or max(1, available_cores() // args.threads)
         with _terminate_as_interrupt():
             try:
                 if args.engine == "batched":
@@ -259,14 +261,9 @@ def main(argv: list[str] | None = None) -> int:
                         raise SystemExit(f"--device: {error}") from None
                     try:
                         failures = run_batched_grid(
-                            args.runs,
-                            tasks,
-                            algorithms,
-                            args.seeds,
-                            args.lr_scales,
-                            args.timesteps,
+                            *grid_arguments,
                             args.progress,
-                            workers=args.workers or max(1, available_cores() // args.threads),
+                            workers=workers,
                             group_size=args.group_size,
                             device=args.device,
                         )
@@ -278,14 +275,9 @@ def main(argv: list[str] | None = None) -> int:
                             "--device is the batched engine's (--engine batched); the sb3 engine trains on the CPU"
                         )
                     failures = run_grid(
-                        args.runs,
-                        tasks,
-                        algorithms,
-                        args.seeds,
-                        args.lr_scales,
-                        args.timesteps,
+                        *grid_arguments,
                         threads=args.threads,
-                        workers=args.workers or max(1, available_cores() // args.threads),
+                        workers=workers,
                         ray_address=args.ray_address,
                         ray_max_retries=args.ray_max_retries,
                         progress_bar=args.progress,
