@@ -264,11 +264,6 @@ def batched_settings(model: PPO) -> dict[str, Any]:
     return settings
 
 
-def _accumulate(total: th.Tensor, agents: slice, measured: th.Tensor, value: th.Tensor) -> None:
-    """``total[agents] += value`` where ``measured``, in place."""
-    total[agents] += th.where(measured, value.detach(), 0.0)
-
-
 def categorical_outputs(logits: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
     """Normalised logits, ``log π(a|s)`` and the entropy, as torch's ``Categorical`` computes them."""
     normalised = logits - logits.logsumexp(dim=-1, keepdim=True)
@@ -276,6 +271,63 @@ def categorical_outputs(logits: th.Tensor, actions: th.Tensor) -> tuple[th.Tenso
     probs = th.softmax(normalised, dim=-1)
     entropy = -(th.clamp(normalised, min=th.finfo(normalised.dtype).min) * probs).sum(-1)
     return normalised, log_prob, entropy
+
+
+class _UpdateSums:
+    """Per-agent sums over one update's minibatch steps, counting a step for the agents that evaluated it:
+    SB3's training statistics (``TRAIN_STATISTICS``) and the exact KL of the last epoch (the KL penalty's β)."""
+
+    def __init__(self, n_agents: int, device: th.device) -> None:
+        def zeros() -> th.Tensor:
+            return th.zeros(n_agents, device=device)
+
+        self.update = {name: zeros() for name in (*_MINIBATCH_MEANS, "clip_fraction", "steps")}
+        """Over the whole update."""
+        self.epoch = {name: zeros() for name in ("approx_kl", "kl", "kl_samples", "steps")}
+        """Over each agent's last epoch."""
+        self.last_loss = th.full((n_agents,), float("nan"), device=device)
+
+    def start_epoch(self, active: th.Tensor) -> None:
+        """The agents that begin an epoch start its sums again."""
+        for name, total in self.epoch.items():
+            self.epoch[name] = th.where(active, 0.0, total)
+
+    def add(self, arm: _ArmState, statistics: dict[str, th.Tensor], measured: th.Tensor) -> None:
+        """An arm's minibatch statistics, for its agents that evaluated the minibatch (``measured``)."""
+
+        def accumulate(total: th.Tensor, value: th.Tensor) -> None:
+            total[arm.agents] += th.where(measured, value.detach(), 0.0)
+
+        for name, field in _MINIBATCH_MEANS.items():
+            accumulate(self.update[name], statistics[field])
+        accumulate(self.update["clip_fraction"], arm.clip_fraction(statistics["ratio"]))
+        accumulate(self.epoch["approx_kl"], statistics["approx_kl"])
+        if "kl" in statistics:
+            accumulate(self.epoch["kl"], statistics["kl"].sum(dim=1))
+            accumulate(self.epoch["kl_samples"], th.full_like(statistics["approx_kl"], statistics["kl"].shape[1]))
+
+    def step(self, active: th.Tensor, losses: th.Tensor) -> None:
+        """The minibatch step's losses, for the ``active`` agents that evaluated it."""
+        self.update["steps"] += active.float()
+        self.epoch["steps"] += active.float()
+        self.last_loss = th.where(active, losses.detach(), self.last_loss)
+
+    def means(self) -> dict[str, th.Tensor]:
+        """The update's means of the minibatch statistics (``approx_kl`` over each agent's last epoch, as SB3)."""
+        steps, epoch_steps = self.update["steps"].clamp(min=1.0), self.epoch["steps"].clamp(min=1.0)
+        means = {name: self.update[name] / steps for name in (*_MINIBATCH_MEANS, "clip_fraction")}
+        return {**means, "approx_kl": self.epoch["approx_kl"] / epoch_steps, "loss": self.last_loss}
+
+    @property
+    def evaluated(self) -> th.Tensor:
+        """Which agents evaluated at least one minibatch."""
+        return self.update["steps"] > 0
+
+    @property
+    def last_epoch_kl(self) -> tuple[th.Tensor, th.Tensor]:
+        """The mean exact KL of each agent's last epoch, and whether it was measured."""
+        samples = self.epoch["kl_samples"]
+        return self.epoch["kl"] / samples.clamp(min=1.0), samples > 0
 
 
 def check_device(device: str | th.device) -> th.device:
@@ -618,14 +670,7 @@ class BatchedPPO:
         active = ~self.failed
         failed_before = self.failed.clone()
         statistics: list[dict[str, th.Tensor]] = []
-        kl_sum, kl_count = th.zeros(self.n_agents, device=self.device), th.zeros(self.n_agents, device=self.device)
-        sums = {name: th.zeros(self.n_agents, device=self.device) for name in (*_MINIBATCH_MEANS, "clip_fraction")}
-        steps = th.zeros(self.n_agents, device=self.device)
-        approx_kl_sum, epoch_steps = (
-            th.zeros(self.n_agents, device=self.device),
-            th.zeros(self.n_agents, device=self.device),
-        )
-        last_loss = th.full((self.n_agents,), float("nan"), device=self.device)
+        sums = _UpdateSums(self.n_agents, self.device)
         if permutations is None:  # every epoch's, whoever stops early, so that each stream is the agent's own
             permutations = [
                 th.stack([th.randperm(n_samples, generator=generator) for generator in self.generators])
@@ -635,29 +680,18 @@ class BatchedPPO:
             if not bool(active.any()):  # every agent stopped early or failed
                 break
             # β adapts from the mean KL of the last epoch each agent took part in, as in VariantPPO.train()
-            kl_sum, kl_count = th.where(active, 0.0, kl_sum), th.where(active, 0.0, kl_count)
-            approx_kl_sum, epoch_steps = th.where(active, 0.0, approx_kl_sum), th.where(active, 0.0, epoch_steps)
+            sums.start_epoch(active)
             self.n_updates += active.long()
             shuffled = self._shuffled(rollout, permutations[epoch].to(self.device))
             for start in range(0, n_samples, self.batch_size):
                 losses, statistics = self._minibatch_losses(shuffled, slice(start, start + self.batch_size), active)
-                stops = []
                 for arm, arm_statistics in zip(self.arms, statistics, strict=True):
-                    measured = active[arm.agents]  # this minibatch counts for the agents that evaluated it
-                    for name, field in _MINIBATCH_MEANS.items():
-                        _accumulate(sums[name], arm.agents, measured, arm_statistics[field])
-                    _accumulate(sums["clip_fraction"], arm.agents, measured, arm.clip_fraction(arm_statistics["ratio"]))
-                    _accumulate(approx_kl_sum, arm.agents, measured, arm_statistics["approx_kl"])
-                    if "kl" in arm_statistics:
-                        kl = arm_statistics["kl"]
-                        _accumulate(kl_sum, arm.agents, measured, kl.sum(dim=1))
-                        _accumulate(kl_count, arm.agents, measured, th.full_like(measured, kl.shape[1], dtype=kl.dtype))
-                    stops.append(arm.stops(arm_statistics))
+                    sums.add(arm, arm_statistics, active[arm.agents])
                 every_loss = th.cat(losses)
-                steps += active.float()
-                epoch_steps += active.float()
-                last_loss = th.where(active, every_loss.detach(), last_loss)
-                active = active & ~th.cat(stops)
+                sums.step(active, every_loss)
+                active = active & ~th.cat(
+                    [arm.stops(arm_statistics) for arm, arm_statistics in zip(self.arms, statistics, strict=True)]
+                )
                 self.optimizer.zero_grad()
                 with record_function("batched.backward"):
                     th.where(active, every_loss, th.zeros_like(every_loss)).sum().backward()
@@ -669,16 +703,14 @@ class BatchedPPO:
                 with record_function("batched.adam"):
                     self.optimizer.step(active)
         self._record_failures(failed_before)
-        means = {name: total / steps.clamp(min=1.0) for name, total in sums.items()}
-        means["approx_kl"] = approx_kl_sum / epoch_steps.clamp(min=1.0)
-        self._record_train_statistics(rollout, means, steps > 0, last_loss)
-        self._adapt_kl_coefs(kl_sum / kl_count.clamp(min=1.0), kl_count > 0)
+        self._record_train_statistics(rollout, sums.means(), sums.evaluated)
+        self._adapt_kl_coefs(*sums.last_epoch_kl)
         common = set.intersection(*(set(arm_statistics) for arm_statistics in statistics)) if statistics else set()
         return {name: th.cat([arm_statistics[name] for arm_statistics in statistics]) for name in common}
 
     @th.no_grad()
     def _record_train_statistics(
-        self, rollout: StackedRollout, means: dict[str, th.Tensor], updated: th.Tensor, last_loss: th.Tensor
+        self, rollout: StackedRollout, means: dict[str, th.Tensor], updated: th.Tensor
     ) -> None:
         """``train_statistics`` of every agent that evaluated a minibatch in this update (``updated``), from the
         update's per-agent means of the minibatch statistics."""
@@ -688,7 +720,7 @@ class BatchedPPO:
         explained = 1.0 - (returns - values).var(dim=1, unbiased=False) / variance
         explained = th.where(variance == 0, float("nan"), explained)
         columns = dict(means)
-        columns.update(loss=last_loss, explained_variance=explained, n_updates=self.n_updates.double())
+        columns.update(explained_variance=explained, n_updates=self.n_updates.double())
         columns["learning_rate"] = self.optimizer.learning_rates
         clip_range = th.empty(self.n_agents, dtype=th.float64, device=self.device)
         for arm in self.arms:
