@@ -144,7 +144,7 @@ def _shrink_benchmark(args: list[str]) -> list[str]:
         options = _set(options, ("--timesteps",), "256")
         options = _first(options, ("--algorithms",), "ppo")
         options = _set(options, ("--seeds",), "0")
-        for name in ("--sb3-seeds", "--workers", "--group-size"):
+        for name in ("--sb3-seeds", "--workers", "--group-size", "--scaling-sizes"):
             options = _set(options, (name,), "1")
     elif command in ("report", "study", "agreement"):
         options = _set(options, ("--bootstrap-reps",), "50")

@@ -23,7 +23,7 @@ How the blocks run; a new block in the docs follows these conventions or is list
     (``variant`` when not given), ``--repeats 1 --fps-repeats 0`` (``learn()``'s timing runs in
     tests/test_benchmark.py);
   - ``sb3_ppo_variants.benchmark throughput``: ``--timesteps 256``, the first of the ``--algorithms`` (``ppo``
-    when not given), ``--seeds 0`` and ``--sb3-seeds``, ``--workers`` and ``--group-size`` 1;
+    when not given), ``--seeds 0`` and ``--sb3-seeds``, ``--workers``, ``--group-size`` and ``--scaling-sizes`` 1;
   - ``sb3_ppo_variants.benchmark report``, ``study`` and ``agreement``: ``--bootstrap-reps 50``;
   - ``sb3_ppo_variants.zoo.evaluate``: ``-n BUDGET``, the first of the ``--seeds``, ``--episodes 2``;
   - ``sb3_ppo_variants.collapse collect-probe``: ``-n 64``.
@@ -243,7 +243,7 @@ def test_the_shrinking_rules():
     )
     assert shrink("python -m sb3_ppo_variants.benchmark throughput --output out --seeds $(seq 0 19)") == (
         "python -m sb3_ppo_variants.benchmark throughput --output out --seeds 0 --timesteps 256 --algorithms ppo "
-        "--sb3-seeds 1 --workers 1 --group-size 1"
+        "--sb3-seeds 1 --workers 1 --group-size 1 --scaling-sizes 1"
     )
     assert shrink("python -m sb3_ppo_variants.benchmark agreement --runs a=x b=y --output out") == (
         "python -m sb3_ppo_variants.benchmark agreement --runs a=x b=y --output out --bootstrap-reps 50"

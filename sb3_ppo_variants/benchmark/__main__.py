@@ -41,6 +41,7 @@ from sb3_ppo_variants.benchmark.algorithms import (
 from sb3_ppo_variants.benchmark.batched_runs import GROUP_SIZE
 from sb3_ppo_variants.benchmark.executors import available_cores
 from sb3_ppo_variants.benchmark.tasks import TASKS
+from sb3_ppo_variants.benchmark.throughput import SCALING_SIZES
 
 DEFAULT_RUNS = Path("benchmark_runs")
 CONTRIB_COST_ALGORITHMS = tuple(name for name in CONTRIB_ALGORITHMS if not name.endswith("_ppo"))
@@ -204,6 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     throughput.add_argument(
         "--group-size", type=_positive_int, default=GROUP_SIZE, help="the batched engine's most agents per group"
     )
+    throughput.add_argument(
+        "--scaling-sizes",
+        nargs="+",
+        type=_positive_int,
+        default=list(SCALING_SIZES),
+        help="group sizes at which PPO's minibatch step is timed per agent",
+    )
     pilot = subcommands.add_parser("pilot", help="the powered study's settings, chosen from PPO's pilot runs")
     pilot.add_argument("--runs", type=Path, required=True, help="directory of PPO's pilot runs")
     pilot.add_argument("--output", type=Path, required=True, help="directory for <name>.csv and <name>.md")
@@ -344,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             args.sb3_seeds,
             args.workers or available_cores(),
             args.group_size,
+            tuple(args.scaling_sizes),
         )
         print(throughput_markdown(result), end="")
     elif args.command == "pilot":

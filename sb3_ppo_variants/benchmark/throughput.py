@@ -55,7 +55,7 @@ def _steps(directory: Path) -> int:
 STEP_PHASES = ("forward", "loss", "backward", "clip", "adam")
 """The phases of a minibatch step, as ``BatchedPPO.update`` labels them (``record_function("batched.<phase>")``)."""
 SCALING_SIZES = (16, 64, 256)
-"""Group sizes at which ``minibatch_profile`` times PPO's minibatch step per agent."""
+"""Group sizes at which ``minibatch_profile`` times PPO's minibatch step per agent, by default."""
 
 
 def _first_group(
@@ -80,13 +80,18 @@ def _minibatch_steps(trainer: Any) -> int:
 
 
 def minibatch_profile(
-    task: str, algorithms: list[str], seeds: list[int], learning_rate_scale: float, agents: int
+    task: str,
+    algorithms: list[str],
+    seeds: list[int],
+    learning_rate_scale: float,
+    agents: int,
+    scaling_sizes: tuple[int, ...] = SCALING_SIZES,
 ) -> dict[str, Any]:
     """What one minibatch step of the batched engine costs, in CPU milliseconds of this process.
 
     - ``phases``: the grid's first group (as ``profile_group``'s), one update after a first one, split by
       ``torch.profiler`` into ``STEP_PHASES`` per minibatch step;
-    - ``per_agent``: PPO alone in groups of ``SCALING_SIZES`` agents, one update's CPU time per agent and
+    - ``per_agent``: PPO alone in groups of ``scaling_sizes`` agents, one update's CPU time per agent and
       minibatch step.
     """
     from sb3_ppo_variants.benchmark.batched_runs import batched_arms, group_trainer
@@ -103,7 +108,7 @@ def minibatch_profile(
     phases = {phase: round(totals.get(f"batched.{phase}", 0.0) / 1000 / steps, 3) for phase in STEP_PHASES}
     ppo = batched_arms([task], [BASELINE])[task, BASELINE]
     per_agent = {}
-    for size in SCALING_SIZES:
+    for size in scaling_sizes:
         alone = group_trainer({BASELINE: ppo}, [Run(task, BASELINE, learning_rate_scale, seed) for seed in range(size)])
         rollout = alone.collect_rollout()
         alone.update(rollout)
@@ -287,12 +292,13 @@ def run_throughput(
     sb3_seeds: int,
     workers: int,
     group_size: int,
+    scaling_sizes: tuple[int, ...] = SCALING_SIZES,
 ) -> dict[str, Any]:
     """Measure, profile, and write ``throughput.json`` and ``throughput.md`` into ``output``."""
     th.set_num_threads(1)
     result = measure_throughput(task, algorithms, seeds, learning_rate_scale, timesteps, sb3_seeds, workers, group_size)
     result["profile"] = profile_group(task, algorithms, seeds, learning_rate_scale, timesteps, group_size)
-    result["minibatch"] = minibatch_profile(task, algorithms, seeds, learning_rate_scale, group_size)
+    result["minibatch"] = minibatch_profile(task, algorithms, seeds, learning_rate_scale, group_size, scaling_sizes)
     result["settings"] = {
         "task": task,
         "algorithms": algorithms,
