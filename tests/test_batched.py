@@ -394,6 +394,31 @@ def test_agents_of_different_arms_train_in_one_group_as_in_their_own():
     assert together.arms[1].agent_options["kl_coef"].tolist() != [1.0, 1.0]
 
 
+def test_a_compiled_step_trains_as_the_eager_step():
+    """``compile_step`` fuses the same maths: every arm's agents end where the eager step's do, up to rounding."""
+    eager = BatchedPPO(list(range(6)), learning_rate=3e-3, arms=ARMS, **SMALL).learn(3 * 64)
+    compiled = BatchedPPO(list(range(6)), learning_rate=3e-3, arms=ARMS, compile_step=True, **SMALL).learn(3 * 64)
+    for agent in range(6):
+        for name, expected in _parameters(eager, agent).items():
+            th.testing.assert_close(_parameters(compiled, agent)[name], expected, rtol=1e-5, atol=1e-5, msg=name)
+    assert compiled.episode_returns == eager.episode_returns
+    assert compiled.n_updates.tolist() == eager.n_updates.tolist()  # the same early stops
+    for arm, expected in zip(compiled.arms, eager.arms, strict=True):
+        for name, values in expected.agent_options.items():
+            th.testing.assert_close(arm.agent_options[name], values, rtol=1e-5, atol=0, msg=name)
+        if expected.pseudo_entropy_average is not None:
+            th.testing.assert_close(arm.pseudo_entropy_average, expected.pseudo_entropy_average)
+
+
+def test_compile_step_is_refused_where_torch_compile_does_not_work(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(th, "compile", broken)
+    with pytest.raises(ValueError, match=r"compile_step: torch.compile does not work here \(RuntimeError: no C\+\+"):
+        BatchedPPO([0], compile_step=True)
+
+
 def test_arms_must_cover_the_seeds_and_carry_their_own_settings():
     with pytest.raises(ValueError, match="add up to the 3 seeds"):
         BatchedPPO([0, 1, 2], arms=[Arm(1), Arm(1)])

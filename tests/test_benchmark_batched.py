@@ -64,6 +64,7 @@ def test_a_batched_collapse_grid_writes_runs_that_study_reads_and_resumes(
     assert sorted(runs) == sorted(f"{a}_lr10_seed{s}.json" for a in ("ppo", "logit") for s in (0, 1, 2))
     record = runs["logit_lr10_seed2.json"]
     assert (record["engine"], record["task"], record["algorithm"], record["seed"]) == ("batched", TASK, "logit", 2)
+    assert record["compiled"] is False
     assert record["learning_rate"] == pytest.approx(1e-2) and record["timesteps"] == 512
     assert [evaluation["step"] for evaluation in record["evaluations"]] == [0, 512]
     returns, ends = record["train_episode_returns"], record["train_episode_steps"]
@@ -142,6 +143,20 @@ def test_a_device_is_the_batched_engines_and_must_be_here(tmp_path: Path) -> Non
         main([*command, "--engine", "batched", "--device", "nonsense"])
     with pytest.raises(SystemExit, match="--device is the batched engine's"):
         main([*command, "--device", "cuda"])
+    assert not list(tmp_path.iterdir())
+
+
+def test_compile_is_the_batched_engines_and_must_work_here(tmp_path: Path, monkeypatch) -> None:
+    command = ["collapse", *GRID, "--seeds", "0", "--runs", str(tmp_path), "--compile"]
+    with pytest.raises(SystemExit, match="--compile is the batched engine's"):
+        main(command)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(th, "compile", broken)
+    with pytest.raises(SystemExit, match=r"--compile: compile_step: torch\.compile does not work here"):
+        main([*command, "--engine", "batched"])
     assert not list(tmp_path.iterdir())
 
 

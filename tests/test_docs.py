@@ -106,6 +106,12 @@ NOT_RUN_HERE = [
     ("docs/benchmarks.md", "#!/bin/bash", "a SLURM batch script: needs a SLURM cluster"),
     (
         "docs/benchmarks.md",
+        "python -m sb3_ppo_variants.benchmark throughput",
+        "tests/test_throughput.py::test_throughput_trains_both_engines_and_profiles_a_group runs the same command "
+        "on a smaller grid, --compile included",
+    ),
+    (
+        "docs/benchmarks.md",
         "make pong",
         "trains Pong to 2M agent steps per algorithm (hours); "
         "tests/test_pong_resume.py::test_a_killed_zoo_run_continues_from_its_last_checkpoint kills a real zoo run, "

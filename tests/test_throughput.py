@@ -29,19 +29,23 @@ def test_throughput_trains_both_engines_and_profiles_a_group(tmp_path: Path) -> 
                 "--scaling-sizes",
                 "1",
                 "2",
+                "--compile",
             ]
         )
         == 0
     )
     result = json.loads((output / "throughput.json").read_text())
     # 8 environments × 32-step rollouts past 256 steps: every run trains to 1 024 steps
-    assert (result["batched"]["runs"], result["sb3"]["runs"]) == (4, 2)
-    assert result["batched"]["steps"] == 4 * 1024 and result["sb3"]["steps"] == 2 * 1024
-    for engine in ("batched", "sb3"):
+    assert (result["batched"]["runs"], result["batched_compiled"]["runs"], result["sb3"]["runs"]) == (4, 4, 2)
+    assert result["batched"]["steps"] == result["batched_compiled"]["steps"] == 4 * 1024
+    assert result["sb3"]["steps"] == 2 * 1024
+    for engine in ("batched", "batched_compiled", "sb3"):
         entry = result[engine]
         assert entry["cpu_seconds"] > 0 and entry["steps_per_cpu_second"] == entry["steps"] / entry["cpu_seconds"]
     ratio = result["batched"]["steps_per_cpu_second"] / result["sb3"]["steps_per_cpu_second"]
     assert result["ratio_per_cpu_second"] == pytest.approx(ratio)
+    compiled = result["batched_compiled"]["steps_per_cpu_second"] / result["sb3"]["steps_per_cpu_second"]
+    assert result["ratio_per_cpu_second_compiled"] == pytest.approx(compiled)
     profile = result["profile"]
     # the grid's first group: ppo and logit share one, cut into groups of at most 2 agents
     assert profile["agents"] == 2 and profile["algorithms"] == ["ppo"]
@@ -55,4 +59,8 @@ def test_throughput_trains_both_engines_and_profiles_a_group(tmp_path: Path) -> 
     assert all(value > 0 for value in minibatch["phases_ms"].values())
     assert minibatch["step_ms"] == pytest.approx(sum(minibatch["phases_ms"].values()), abs=0.01)
     assert set(minibatch["per_agent_ms"]) == {"1", "2"} and all(minibatch["per_agent_ms"].values())
-    assert "| batched | 4 | 4,096 |" in (output / "throughput.md").read_text()
+    assert set(minibatch["step_without_profiler_ms"]) == {"eager", "compiled"}
+    assert all(value > 0 for value in minibatch["step_without_profiler_ms"].values())
+    markdown = (output / "throughput.md").read_text()
+    assert "| batched | 4 | 4,096 |" in markdown and "| batched, compiled step | 4 | 4,096 |" in markdown
+    assert result["settings"]["compile_step"] is True

@@ -14,6 +14,7 @@ which it failed); the others go on.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Mapping, Sequence
@@ -200,6 +201,25 @@ class _ArmState:
         return stop
 
 
+def _phase(name: str) -> contextlib.AbstractContextManager[Any]:
+    """A ``torch.profiler`` label ``batched.<name>`` for a phase of the minibatch step (none inside a compiled
+    region, which keeps no labels)."""
+    if th.compiler.is_compiling():
+        return contextlib.nullcontext()
+    return record_function(f"batched.{name}")
+
+
+def check_compile(device: th.device) -> None:
+    """Whether ``torch.compile`` works here, by compiling and running a tiny function on ``device``.
+
+    :raises ValueError: naming what failed (on a CPU, typically a missing C++ compiler).
+    """
+    try:
+        th.compile(lambda x: th.sigmoid(x) * 2.0, dynamic=False)(th.ones(3, device=device))
+    except Exception as error:
+        raise ValueError(f"compile_step: torch.compile does not work here ({type(error).__name__}: {error})") from None
+
+
 def _constant(name: str, value: Any) -> float:
     """A constant schedule's value; BatchedPPO has no schedules yet."""
     if isinstance(value, str):  # rl-zoo3's "lin_<initial>", decaying to 0
@@ -375,6 +395,12 @@ class BatchedPPO:
         computation whatever the device.
     :param arms: the agents' arms (``Arm``) in order, each with its own ``ARM_SETTINGS``, which are then left out
         of the keywords; ``None``: every agent in one arm with the keywords' settings.
+    :param compile_step: compile the minibatch step's forward pass and losses with ``torch.compile`` (its
+        backward pass with them): the same maths with fewer, fused kernels, so float rounding may differ from the
+        eager step's in the last bits. The first updates pay the compilation (tens of seconds on a CPU, less once
+        torch's on-disk cache holds the same graphs). Refused where ``torch.compile`` does not work (on a CPU it
+        needs a C++ compiler). Resets ``torch.compile``'s in-process caches (``torch.compiler.reset``) so that
+        the trainer's step is compiled for its own arms.
     """
 
     def __init__(
@@ -403,6 +429,7 @@ class BatchedPPO:
         network: StackedActorCritic | None = None,
         arms: Sequence[Arm] | None = None,
         device: str | th.device = "cpu",
+        compile_step: bool = False,
     ) -> None:
         self.seeds = list(seeds)
         n_agents = len(self.seeds)
@@ -475,6 +502,13 @@ class BatchedPPO:
         self._running_returns = np.zeros(n_agents * n_envs)
         self._last_obs: th.Tensor | None = None
         self._last_episode_starts = th.ones(n_agents, n_envs, device=self.device)
+        self.compile_step = compile_step
+        self._losses = self._eager_losses
+        if compile_step:
+            check_compile(self.device)
+            # dynamo caches a compiled method by its code, shared by every trainer: start afresh for this one's
+            th.compiler.reset()
+            self._losses = th.compile(self._eager_losses, dynamic=False)
 
     @property
     def n_agents(self) -> int:
@@ -603,23 +637,35 @@ class BatchedPPO:
     def _minibatch_losses(
         self, shuffled: StackedRollout, batch: slice, active: th.Tensor
     ) -> tuple[list[th.Tensor], list[dict[str, th.Tensor]]]:
-        """One forward pass of every agent on its minibatch ``batch`` of ``shuffled``, then each arm's loss;
-        updates each arm's smoothed pseudo-entropy where its agents are ``active``."""
-        with record_function("batched.forward"):
-            logits, values, features = self.network.forward_with_features(shuffled.observations[:, batch])
-            normalised, log_prob, entropy = categorical_outputs(logits, shuffled.actions[:, batch])
+        """``_losses`` on every agent's minibatch ``batch`` of ``shuffled``; the eager step while a smoothed
+        pseudo-entropy has no average yet (the trainer's first step), so that the compiled step is compiled once."""
+        minibatch = StackedRollout(
+            *cast(list[th.Tensor], [None if field is None else field[:, batch] for field in shuffled])
+        )
+        starting = any(
+            arm.options.value_grad_rescaling == "smoothed" and arm.pseudo_entropy_average is None for arm in self.arms
+        )
+        return (self._eager_losses if starting else self._losses)(minibatch, active)
+
+    def _eager_losses(
+        self, minibatch: StackedRollout, active: th.Tensor
+    ) -> tuple[list[th.Tensor], list[dict[str, th.Tensor]]]:
+        """One forward pass of every agent on its minibatch, then each arm's loss; updates each arm's smoothed
+        pseudo-entropy where its agents are ``active``. (``_losses``, compiled with ``compile_step``.)"""
+        with _phase("forward"):
+            logits, values, features = self.network.forward_with_features(minibatch.observations)
+            normalised, log_prob, entropy = categorical_outputs(logits, minibatch.actions)
             pseudo_entropy = kl = None
             if any(arm.options.uses_pseudo_entropy for arm in self.arms):
                 pseudo_entropy = objectives.pseudo_entropy(th.softmax(normalised, dim=-1))
             if any(arm.options.uses_exact_kl for arm in self.arms):
-                kl = objectives.categorical_kl(shuffled.old_logits[:, batch], normalised)
-        with record_function("batched.loss"):
-            return self._arm_losses(shuffled, batch, active, values, log_prob, entropy, features, pseudo_entropy, kl)
+                kl = objectives.categorical_kl(minibatch.old_logits, normalised)
+        with _phase("loss"):
+            return self._arm_losses(minibatch, active, values, log_prob, entropy, features, pseudo_entropy, kl)
 
     def _arm_losses(
         self,
-        shuffled: StackedRollout,
-        batch: slice,
+        minibatch: StackedRollout,
         active: th.Tensor,
         values: th.Tensor,
         log_prob: th.Tensor,
@@ -628,7 +674,7 @@ class BatchedPPO:
         pseudo_entropy: th.Tensor | None,
         kl: th.Tensor | None,
     ) -> tuple[list[th.Tensor], list[dict[str, th.Tensor]]]:
-        """Each arm's losses and statistics from every agent's network outputs on its minibatch."""
+        """Each arm's losses and statistics from every agent's network outputs on its minibatch (``minibatch``)."""
         losses, statistics = [], []
         for arm in self.arms:
             agents, options = arm.agents, arm.options
@@ -641,15 +687,15 @@ class BatchedPPO:
                 kl[agents] if options.uses_exact_kl and kl is not None else None,
                 features[agents] if drift else None,
             )
-            old_features = shuffled.old_features
-            minibatch = Minibatch(
-                shuffled.advantages[agents, batch],
-                shuffled.returns[agents, batch],
-                shuffled.old_values[agents, batch],
-                shuffled.old_log_prob[agents, batch],
-                old_features[agents, batch] if drift and old_features is not None else None,
+            old_features = minibatch.old_features
+            arm_minibatch = Minibatch(
+                minibatch.advantages[agents],
+                minibatch.returns[agents],
+                minibatch.old_values[agents],
+                minibatch.old_log_prob[agents],
+                old_features[agents] if drift and old_features is not None else None,
             )
-            arm_losses, arm_statistics = arm.loss(evaluation, minibatch)
+            arm_losses, arm_statistics = arm.loss(evaluation, arm_minibatch)
             if "pseudo_entropy_average" in arm_statistics:
                 new_average = arm_statistics["pseudo_entropy_average"]
                 previous = new_average if arm.pseudo_entropy_average is None else arm.pseudo_entropy_average
@@ -693,14 +739,14 @@ class BatchedPPO:
                     [arm.stops(arm_statistics) for arm, arm_statistics in zip(self.arms, statistics, strict=True)]
                 )
                 self.optimizer.zero_grad()
-                with record_function("batched.backward"):
+                with _phase("backward"):
                     th.where(active, every_loss, th.zeros_like(every_loss)).sum().backward()
-                with record_function("batched.clip"):
+                with _phase("clip"):
                     norms = clip_grad_norms([parameter.grad for parameter in parameters], self.max_grad_norm)  # type: ignore[misc]
                 broken = active & ~(th.isfinite(every_loss) & th.isfinite(norms))
                 self.failed |= broken
                 active = active & ~broken
-                with record_function("batched.adam"):
+                with _phase("adam"):
                     self.optimizer.step(active)
         self._record_failures(failed_before)
         self._record_train_statistics(rollout, sums.means(), sums.evaluated)

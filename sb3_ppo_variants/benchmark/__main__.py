@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch as th
 
-from sb3_ppo_variants.batched.trainer import check_device
+from sb3_ppo_variants.batched.trainer import check_compile, check_device
 from sb3_ppo_variants.benchmark.algorithms import (
     CONTRIB_ALGORITHMS,
     COST_ALGORITHMS,
@@ -120,6 +120,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser, default_tasks: list[str]
         default="cpu",
         help="--engine batched: the torch device of the networks and updates, e.g. cuda (default: cpu); the "
         "environments step on the CPU",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="--engine batched: compile each group's minibatch step with torch.compile (needs a C++ compiler on a "
+        "CPU; the first updates pay the compilation)",
     )
     parser.add_argument(
         "--group-size",
@@ -212,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         default=list(SCALING_SIZES),
         help="group sizes at which PPO's minibatch step is timed per agent",
     )
+    throughput.add_argument(
+        "--compile", action="store_true", help="also train the batched engine's grid with its step compiled"
+    )
     pilot = subcommands.add_parser("pilot", help="the powered study's settings, chosen from PPO's pilot runs")
     pilot.add_argument("--runs", type=Path, required=True, help="directory of PPO's pilot runs")
     pilot.add_argument("--output", type=Path, required=True, help="directory for <name>.csv and <name>.md")
@@ -264,9 +273,14 @@ def main(argv: list[str] | None = None) -> int:
                     if args.ray_address is not None:
                         raise SystemExit("--ray-address runs the sb3 engine; --engine batched runs in this process")
                     try:
-                        check_device(args.device)
+                        device = check_device(args.device)
                     except ValueError as error:
                         raise SystemExit(f"--device: {error}") from None
+                    if args.compile:
+                        try:
+                            check_compile(device)
+                        except ValueError as error:
+                            raise SystemExit(f"--compile: {error}") from None
                     try:
                         failures = run_batched_grid(
                             *grid_arguments,
@@ -274,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                             workers=workers,
                             group_size=args.group_size,
                             device=args.device,
+                            compile_step=args.compile,
                         )
                     except RefusedArms as error:
                         raise SystemExit(str(error)) from None
@@ -282,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                         raise SystemExit(
                             "--device is the batched engine's (--engine batched); the sb3 engine trains on the CPU"
                         )
+                    if args.compile:
+                        raise SystemExit("--compile is the batched engine's (--engine batched)")
                     failures = run_grid(
                         *grid_arguments,
                         threads=args.threads,
@@ -353,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             args.workers or available_cores(),
             args.group_size,
             tuple(args.scaling_sizes),
+            args.compile,
         )
         print(throughput_markdown(result), end="")
     elif args.command == "pilot":

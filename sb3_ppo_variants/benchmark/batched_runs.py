@@ -26,7 +26,7 @@ from stable_baselines3 import PPO
 from torch import nn
 
 from sb3_ppo_variants.batched import AGENT_ENVIRONMENTS, BatchedPPO, StackedActorCritic, batched_settings
-from sb3_ppo_variants.batched.trainer import ARM_SETTINGS, Arm, check_device
+from sb3_ppo_variants.batched.trainer import ARM_SETTINGS, Arm, check_compile, check_device
 from sb3_ppo_variants.benchmark.algorithms import ALGORITHMS
 from sb3_ppo_variants.benchmark.executors import Executor, InProcess, ProcessPool, describe, execute
 from sb3_ppo_variants.benchmark.progress import GridProgress
@@ -162,9 +162,12 @@ def batched_arms(tasks: list[str], algorithms: list[str]) -> dict[tuple[str, str
     return arms
 
 
-def group_trainer(arms: dict[str, BatchedArm], runs: list[Run], device: str = "cpu") -> BatchedPPO:
+def group_trainer(
+    arms: dict[str, BatchedArm], runs: list[Run], device: str = "cpu", compile_step: bool = False
+) -> BatchedPPO:
     """One ``BatchedPPO`` over ``runs`` (one agent each, its seed and learning-rate scale; the runs of an
-    algorithm consecutive), each run with ``arms[run.algorithm]``'s arm.
+    algorithm consecutive), each run with ``arms[run.algorithm]``'s arm, on ``device``, its step compiled with
+    ``compile_step``.
 
     :raises ValueError: when the arms cannot share a group (``BatchedArm.group_key``)
     """
@@ -186,18 +189,23 @@ def group_trainer(arms: dict[str, BatchedArm], runs: list[Run], device: str = "c
         env_id=task.env_id,
         arms=[arms[algorithm].arm(n_agents) for algorithm, n_agents in segments],
         device=device,
+        compile_step=compile_step,
         **settings,
     )
 
 
 def train_group(
-    arms: dict[str, BatchedArm], runs: list[Run], timesteps: int | None = None, device: str = "cpu"
+    arms: dict[str, BatchedArm],
+    runs: list[Run],
+    timesteps: int | None = None,
+    device: str = "cpu",
+    compile_step: bool = False,
 ) -> tuple[BatchedPPO, float]:
     """``group_trainer``'s trainer after its runs' budget, evaluated as the SB3 runner evaluates; the trainer
     and its wall-clock seconds."""
     task = TASKS[runs[0].task]
     start = time.perf_counter()
-    trainer = group_trainer(arms, runs, device)
+    trainer = group_trainer(arms, runs, device, compile_step)
     trainer.learn(timesteps or task.timesteps, eval_every=task.eval_every)
     return trainer, time.perf_counter() - start
 
@@ -219,6 +227,7 @@ def run_record(trainer: BatchedPPO, agent: int, run: Run, wall_seconds: float) -
         "torch_threads": th.get_num_threads(),
         "evaluations": evaluations,
         "engine": "batched",
+        "compiled": trainer.compile_step,
         "train_episode_returns": [round(value, 3) for value in trainer.episode_returns[agent]],
         "train_episode_steps": trainer.episode_steps[agent],
     }
@@ -254,11 +263,11 @@ def split_groups(groups: list[list[Run]], workers: int, group_size: int | None =
 
 
 def train_group_records(
-    group: Group, timesteps: int | None = None, threads: int = 1, device: str = "cpu"
+    group: Group, timesteps: int | None = None, threads: int = 1, device: str = "cpu", compile_step: bool = False
 ) -> dict[str, Any]:
     """The executors' function: train one group; per run, its file's record, or the step at which it failed."""
     th.set_num_threads(threads)
-    trainer, wall_seconds = train_group(group.arms, list(group.runs), timesteps, device)
+    trainer, wall_seconds = train_group(group.arms, list(group.runs), timesteps, device, compile_step)
     return {
         "wall_seconds": wall_seconds,
         "records": [
@@ -292,6 +301,7 @@ def run_batched_grid(
     workers: int = 1,
     group_size: int | None = GROUP_SIZE,
     device: str = "cpu",
+    compile_step: bool = False,
 ) -> list[tuple[Run, str]]:
     """``runs.run_grid`` with the batched engine: every run not on disk, the arms of a task that can share a
     ``BatchedPPO`` together, in groups of at most ``group_size`` agents (``None``: no limit).
@@ -301,11 +311,16 @@ def run_batched_grid(
     This process writes every file as its group finishes.
 
     :param device: the torch device of the groups' networks and updates (``BatchedPPO``'s ``device``)
+    :param compile_step: compile each group's minibatch step (``BatchedPPO``'s ``compile_step``)
     :raises RefusedArms: before any run starts, when an arm cannot run batched.
-    :raises ValueError: before any run starts, when ``device`` is not available.
+    :raises ValueError: before any run starts, when ``device`` is not available, or with ``compile_step`` when
+        ``torch.compile`` does not work here.
     :return: the runs that failed (an agent whose network or loss stopped being finite), with the reason.
     """
-    check_device(device)
+    if compile_step:
+        check_compile(check_device(device))
+    else:
+        check_device(device)
     arms = batched_arms(tasks, algorithms)
     runs = grid(tasks, algorithms, seeds, learning_rate_scales)
     to_run = [run for run in runs if not run.path(directory).exists()]
@@ -331,7 +346,9 @@ def run_batched_grid(
     )
     progress = GridProgress(len(to_run), bar=progress_bar)
     failures: list[tuple[Run, str]] = []
-    function = partial(train_group_records, timesteps=timesteps, threads=threads, device=device)
+    function = partial(
+        train_group_records, timesteps=timesteps, threads=threads, device=device, compile_step=compile_step
+    )
     outcomes = execute(executor, function, groups, _GroupStarts(progress))
     try:
         for outcome in outcomes:

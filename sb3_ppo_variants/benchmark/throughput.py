@@ -23,6 +23,7 @@ import resource
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +87,16 @@ def minibatch_profile(
     learning_rate_scale: float,
     agents: int,
     scaling_sizes: tuple[int, ...] = SCALING_SIZES,
+    compile_step: bool = False,
 ) -> dict[str, Any]:
     """What one minibatch step of the batched engine costs, in CPU milliseconds of this process.
 
     - ``phases``: the grid's first group (as ``profile_group``'s), one update after a first one, split by
       ``torch.profiler`` into ``STEP_PHASES`` per minibatch step;
     - ``per_agent``: PPO alone in groups of ``scaling_sizes`` agents, one update's CPU time per agent and
-      minibatch step.
+      minibatch step;
+    - with ``compile_step``, ``step``: the first group's minibatch step without the profiler, eager and
+      compiled (an update timed after two, which compile it).
     """
     from sb3_ppo_variants.benchmark.batched_runs import batched_arms, group_trainer
     from sb3_ppo_variants.benchmark.runs import Run
@@ -115,13 +119,29 @@ def minibatch_profile(
         start = time.process_time()
         alone.update(rollout)
         per_agent[str(size)] = round((time.process_time() - start) * 1000 / _minibatch_steps(alone) / size, 4)
-    return {
+    result = {
         "algorithms": list(group_arms),
         "agents": len(runs),
         "phases_ms": phases,
         "step_ms": round(sum(phases.values()), 3),
         "per_agent_ms": per_agent,
     }
+    if compile_step:
+        result["step_without_profiler_ms"] = {
+            mode: _step_milliseconds(group_trainer(group_arms, runs, compile_step=compiled))
+            for mode, compiled in (("eager", False), ("compiled", True))
+        }
+    return result
+
+
+def _step_milliseconds(trainer: Any) -> float:
+    """CPU milliseconds of this process per minibatch step of ``trainer``'s third update (of one rollout)."""
+    rollout = trainer.collect_rollout()
+    trainer.update(rollout)
+    trainer.update(rollout)
+    start = time.process_time()
+    trainer.update(rollout)
+    return round((time.process_time() - start) * 1000 / _minibatch_steps(trainer), 3)
 
 
 def profile_group(
@@ -175,33 +195,40 @@ def measure_throughput(
     sb3_seeds: int,
     workers: int,
     group_size: int,
+    compile_step: bool = False,
 ) -> dict[str, Any]:
-    """Both engines on the grid; steps, seconds and steps per CPU-second each, and their ratio."""
+    """Both engines on the grid; steps, seconds and steps per CPU-second each, and their ratio; with
+    ``compile_step`` the batched engine a second time with its step compiled (``batched_compiled``), its
+    compilations included."""
     from sb3_ppo_variants.benchmark.batched_runs import run_batched_grid
     from sb3_ppo_variants.benchmark.runs import run_grid
 
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as folder:
-        batched, sb3 = Path(folder) / "batched", Path(folder) / "sb3"
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        results["batched"] = _measured(
-            lambda: run_batched_grid(
-                batched,
-                [task],
-                algorithms,
-                seeds,
-                [learning_rate_scale],
-                timesteps,
-                workers=workers,
-                group_size=group_size,
+        for engine, compiled in (("batched", False), ("batched_compiled", True))[: 1 + compile_step]:
+            directory = Path(folder) / engine
+            before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+            results[engine] = _measured(
+                partial(
+                    run_batched_grid,
+                    directory,
+                    [task],
+                    algorithms,
+                    seeds,
+                    [learning_rate_scale],
+                    timesteps,
+                    workers=workers,
+                    group_size=group_size,
+                    compile_step=compiled,
+                )
             )
-        )
-        # ru_maxrss of the children is the largest child's peak (KiB on Linux); the grid's workers are the children
-        results["batched"]["peak_worker_rss_gib"] = (
-            max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 2**20
-        )
-        results["batched"]["runs"] = len(grid([task], algorithms, seeds, [learning_rate_scale]))
-        results["batched"]["steps"] = _steps(batched)
+            # ru_maxrss of the children is the largest child's peak (KiB on Linux); the workers are the children
+            results[engine]["peak_worker_rss_gib"] = (
+                max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 2**20
+            )
+            results[engine]["runs"] = len(grid([task], algorithms, seeds, [learning_rate_scale]))
+            results[engine]["steps"] = _steps(directory)
+        sb3 = Path(folder) / "sb3"
         sb3_grid_seeds = seeds[:sb3_seeds]
         results["sb3"] = _measured(
             lambda: run_grid(
@@ -210,16 +237,15 @@ def measure_throughput(
         )
         results["sb3"]["runs"] = len(grid([task], algorithms, sb3_grid_seeds, [learning_rate_scale]))
         results["sb3"]["steps"] = _steps(sb3)
-    for engine in ("batched", "sb3"):
-        entry = results[engine]
+    for entry in results.values():
         entry["steps_per_cpu_second"] = entry["steps"] / entry["cpu_seconds"]
         entry["steps_per_wall_second"] = entry["steps"] / entry["wall_seconds"]
-    results["ratio_per_cpu_second"] = (
-        results["batched"]["steps_per_cpu_second"] / results["sb3"]["steps_per_cpu_second"]
-    )
-    results["ratio_per_wall_second"] = (
-        results["batched"]["steps_per_wall_second"] / results["sb3"]["steps_per_wall_second"]
-    )
+    for engine, suffix in (("batched", ""), ("batched_compiled", "_compiled")):
+        if engine in results:
+            for unit in ("cpu", "wall"):
+                results[f"ratio_per_{unit}_second{suffix}"] = (
+                    results[engine][f"steps_per_{unit}_second"] / results["sb3"][f"steps_per_{unit}_second"]
+                )
     return results
 
 
@@ -234,18 +260,27 @@ def throughput_markdown(result: dict[str, Any]) -> str:
         "| engine | runs | environment steps | CPU seconds | wall seconds | steps per CPU-second |",
         "|---|---|---|---|---|---|",
     ]
-    for engine in ("batched", "sb3"):
-        entry = result[engine]
-        lines.append(
-            f"| {engine} | {entry['runs']} | {entry['steps']:,} | {entry['cpu_seconds']:.0f} | "
-            f"{entry['wall_seconds']:.0f} | {entry['steps_per_cpu_second']:,.0f} |"
-        )
+    engines = {"batched": "batched", "batched_compiled": "batched, compiled step", "sb3": "sb3"}
+    for engine, label in engines.items():
+        if engine in result:
+            entry = result[engine]
+            lines.append(
+                f"| {label} | {entry['runs']} | {entry['steps']:,} | {entry['cpu_seconds']:.0f} | "
+                f"{entry['wall_seconds']:.0f} | {entry['steps_per_cpu_second']:,.0f} |"
+            )
     lines += [
         "",
         f"Batched / SB3: ×{result['ratio_per_cpu_second']:.1f} per CPU-second, ×{result['ratio_per_wall_second']:.1f} "
         f"per wall-clock second; the batched engine's largest worker peaked at "
         f"{result['batched']['peak_worker_rss_gib']:.2f} GiB resident.",
     ]
+    if "batched_compiled" in result:
+        cpu, wall = result["ratio_per_cpu_second_compiled"], result["ratio_per_wall_second_compiled"]
+        lines.append(
+            f"With its step compiled (`--compile`, the compilations included): ×{cpu:.1f} per CPU-second, "
+            f"×{wall:.1f} per wall-clock second; largest worker "
+            f"{result['batched_compiled']['peak_worker_rss_gib']:.2f} GiB."
+        )
     profile = result.get("profile")
     if profile:
         lines += [
@@ -279,6 +314,13 @@ def throughput_markdown(result: dict[str, Any]) -> str:
             + ", ".join(f"{size} agents {value:.3f}" for size, value in minibatch["per_agent_ms"].items())
             + ".",
         ]
+        step = minibatch.get("step_without_profiler_ms")
+        if step:
+            lines += [
+                "",
+                f"The same group's minibatch step without the profiler: {step['eager']:.1f} ms eager, "
+                f"{step['compiled']:.1f} ms compiled (×{step['eager'] / step['compiled']:.2f}).",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -293,12 +335,18 @@ def run_throughput(
     workers: int,
     group_size: int,
     scaling_sizes: tuple[int, ...] = SCALING_SIZES,
+    compile_step: bool = False,
 ) -> dict[str, Any]:
-    """Measure, profile, and write ``throughput.json`` and ``throughput.md`` into ``output``."""
+    """Measure, profile, and write ``throughput.json`` and ``throughput.md`` into ``output``; with
+    ``compile_step`` the batched engine's compiled step too."""
     th.set_num_threads(1)
-    result = measure_throughput(task, algorithms, seeds, learning_rate_scale, timesteps, sb3_seeds, workers, group_size)
+    result = measure_throughput(
+        task, algorithms, seeds, learning_rate_scale, timesteps, sb3_seeds, workers, group_size, compile_step
+    )
     result["profile"] = profile_group(task, algorithms, seeds, learning_rate_scale, timesteps, group_size)
-    result["minibatch"] = minibatch_profile(task, algorithms, seeds, learning_rate_scale, group_size, scaling_sizes)
+    result["minibatch"] = minibatch_profile(
+        task, algorithms, seeds, learning_rate_scale, group_size, scaling_sizes, compile_step
+    )
     result["settings"] = {
         "task": task,
         "algorithms": algorithms,
@@ -308,6 +356,7 @@ def run_throughput(
         "timesteps": timesteps,
         "workers": workers,
         "group_size": group_size,
+        "compile_step": compile_step,
     }
     result["provenance"] = provenance()
     output.mkdir(parents=True, exist_ok=True)
