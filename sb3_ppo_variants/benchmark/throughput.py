@@ -16,13 +16,15 @@ vectorised environments), updating, and evaluating.
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import json
+import os
 import pstats
 import resource
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,21 @@ def _measured(function: Callable[[], Any]) -> dict[str, float]:
     cpu, wall = _cpu_seconds(), time.perf_counter()
     function()
     return {"wall_seconds": time.perf_counter() - wall, "cpu_seconds": _cpu_seconds() - cpu}
+
+
+@contextlib.contextmanager
+def _environment(**variables: str) -> Iterator[None]:
+    """``os.environ`` with ``variables`` set (for the worker processes started meanwhile), then as it was."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _steps(directory: Path) -> int:
@@ -208,20 +225,22 @@ def measure_throughput(
         for engine, compiled in (("batched", False), ("batched_compiled", True))[: 1 + compile_step]:
             directory = Path(folder) / engine
             before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-            results[engine] = _measured(
-                partial(
-                    run_batched_grid,
-                    directory,
-                    [task],
-                    algorithms,
-                    seeds,
-                    [learning_rate_scale],
-                    timesteps,
-                    workers=workers,
-                    group_size=group_size,
-                    compile_step=compiled,
+            # each worker compiles in its own process, so that getrusage counts the compilations' CPU time
+            with _environment(TORCHINDUCTOR_COMPILE_THREADS="1"):
+                results[engine] = _measured(
+                    partial(
+                        run_batched_grid,
+                        directory,
+                        [task],
+                        algorithms,
+                        seeds,
+                        [learning_rate_scale],
+                        timesteps,
+                        workers=workers,
+                        group_size=group_size,
+                        compile_step=compiled,
+                    )
                 )
-            )
             # ru_maxrss of the children is the largest child's peak (KiB on Linux); the workers are the children
             results[engine]["peak_worker_rss_gib"] = (
                 max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 2**20
