@@ -167,6 +167,7 @@ def train_and_evaluate(
         "torch_threads": th.get_num_threads(),
         "evaluations": evaluation.records,
         "engine": "sb3",
+        "compiled": False,  # the batched engine's --compile; SB3 runs its eager step
         "train_episode_returns": evaluation.episode_returns,
         "train_episode_steps": evaluation.episode_steps,
     }
