@@ -131,11 +131,7 @@ def minibatch_profile(
     per_agent = {}
     for size in scaling_sizes:
         alone = group_trainer({BASELINE: ppo}, [Run(task, BASELINE, learning_rate_scale, seed) for seed in range(size)])
-        rollout = alone.collect_rollout()
-        alone.update(rollout)
-        start = time.process_time()
-        alone.update(rollout)
-        per_agent[str(size)] = round((time.process_time() - start) * 1000 / _minibatch_steps(alone) / size, 4)
+        per_agent[str(size)] = round(_step_milliseconds(alone, warm_up=1) / size, 4)
     result = {
         "algorithms": list(group_arms),
         "agents": len(runs),
@@ -145,20 +141,21 @@ def minibatch_profile(
     }
     if compile_step:
         result["step_without_profiler_ms"] = {
-            mode: _step_milliseconds(group_trainer(group_arms, runs, compile_step=compiled))
+            mode: round(_step_milliseconds(group_trainer(group_arms, runs, compile_step=compiled), warm_up=2), 3)
             for mode, compiled in (("eager", False), ("compiled", True))
         }
     return result
 
 
-def _step_milliseconds(trainer: Any) -> float:
-    """CPU milliseconds of this process per minibatch step of ``trainer``'s third update (of one rollout)."""
+def _step_milliseconds(trainer: Any, warm_up: int) -> float:
+    """CPU milliseconds of this process per minibatch step of ``trainer``'s update of one rollout, timed after
+    ``warm_up`` updates of it (two compile a compiled step)."""
     rollout = trainer.collect_rollout()
-    trainer.update(rollout)
-    trainer.update(rollout)
+    for _ in range(warm_up):
+        trainer.update(rollout)
     start = time.process_time()
     trainer.update(rollout)
-    return round((time.process_time() - start) * 1000 / _minibatch_steps(trainer), 3)
+    return (time.process_time() - start) * 1000 / _minibatch_steps(trainer)
 
 
 def profile_group(
