@@ -70,29 +70,34 @@ def test_generalized_advantages_are_sb3s():
     np.testing.assert_allclose(returns.numpy(), buffer.returns, rtol=1e-6, atol=1e-6)
 
 
-def test_stacked_adam_is_torch_adam_per_agent_with_its_learning_rate():
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_stacked_adam_is_torch_adam_per_agent_with_its_learning_rate(compiled):
     generator = th.Generator().manual_seed(1)
     initial = th.randn(3, 5, 4, generator=generator)
     gradients = [th.randn(3, 5, 4, generator=generator) for _ in range(4)]
     rates = [1e-3, 3e-2, 0.5]
     stacked = initial.clone().requires_grad_(True)
-    optimizer = StackedAdam([stacked], th.tensor(rates, dtype=th.float64), eps=1e-5)
-    active = th.tensor([True, True, True])
-    for gradient in gradients:
+    optimizer = StackedAdam([stacked], th.tensor(rates, dtype=th.float64), eps=1e-5, compiled=compiled)
+    # the third agent sits out the second step, as an agent that stopped its epochs early
+    actives = [th.tensor([True, True, agent_steps]) for agent_steps in (True, False, True, True)]
+    for gradient, active in zip(gradients, actives, strict=True):
         stacked.grad = gradient.clone()
         optimizer.step(active)
     for agent, rate in enumerate(rates):
         single = initial[agent].clone().requires_grad_(True)
         reference = th.optim.Adam([single], lr=rate, eps=1e-5)
-        for gradient in gradients:
-            single.grad = gradient[agent].clone()
-            reference.step()
+        for gradient, active in zip(gradients, actives, strict=True):
+            if active[agent]:
+                single.grad = gradient[agent].clone()
+                reference.step()
         th.testing.assert_close(stacked[agent].detach(), single.detach(), rtol=1e-6, atol=1e-7)
+        th.testing.assert_close(optimizer.exp_avg_sqs[0][agent], reference.state[single]["exp_avg_sq"])
 
 
-def test_an_inactive_agent_keeps_its_parameters_and_moments():
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_an_inactive_agent_keeps_its_parameters_and_moments(compiled):
     stacked = th.ones(2, 3).requires_grad_(True)
-    optimizer = StackedAdam([stacked], th.tensor([0.1, 0.1], dtype=th.float64))
+    optimizer = StackedAdam([stacked], th.tensor([0.1, 0.1], dtype=th.float64), compiled=compiled)
     stacked.grad = th.ones(2, 3)
     optimizer.step(th.tensor([True, False]))
     assert th.equal(stacked[1].detach(), th.ones(3)) and not th.equal(stacked[0].detach(), th.ones(3))

@@ -77,7 +77,14 @@ _MINIBATCH_MEANS = {
     "policy_gradient_loss": "policy_loss",
     "value_loss": "value_loss",
 }
-"""``TRAIN_STATISTICS`` that are means over minibatch steps, and the ``LossStatistics`` field of each."""
+"""``TRAIN_STATISTICS`` that are means of a loss over minibatch steps, and the ``LossStatistics`` field of each."""
+_UPDATE_MEANS = (*_MINIBATCH_MEANS, "clip_fraction")
+"""``TRAIN_STATISTICS`` that are means over an update's minibatch steps (``clip_fraction``: ``_ArmState``'s)."""
+_EPOCH_SUMS = ("approx_kl", "kl", "kl_samples")
+"""Per agent and minibatch step, what is summed over each agent's last epoch: SB3's ``approx_kl``, and the exact
+KL's sum over the minibatch and its sample count (0 for an arm that does not compute it), the KL penalty's β."""
+STEP_STATISTICS = (*_UPDATE_MEANS, *_EPOCH_SUMS)
+"""The columns of a minibatch step's per-agent statistics (``_ArmState.step_statistics``)."""
 TRAIN_RETURN_WINDOW = 100
 """Training episodes in ``train_return``: SB3's ``stats_window_size``, whose ``ep_info_buffer`` the runner reads."""
 
@@ -191,6 +198,18 @@ class _ArmState:
         outside = (ratio > 1.0 + high) | (ratio < 1.0 - low)
         return outside.float().mean(dim=1)
 
+    def step_statistics(self, statistics: dict[str, th.Tensor]) -> th.Tensor:
+        """The arm's agents' ``STEP_STATISTICS`` of one minibatch step, ``(n_agents, len(STEP_STATISTICS))``."""
+        approx_kl = statistics["approx_kl"]
+        columns = [statistics[field] for field in _MINIBATCH_MEANS.values()]
+        columns += [self.clip_fraction(statistics["ratio"]), approx_kl]
+        if "kl" in statistics:
+            kl = statistics["kl"]
+            columns += [kl.sum(dim=1), th.full_like(approx_kl, kl.shape[1])]
+        else:
+            columns += [th.zeros_like(approx_kl)] * 2
+        return th.stack(columns, dim=1).detach()
+
     def stops(self, statistics: dict[str, th.Tensor]) -> th.Tensor:
         """Which agents stop their epochs here: SB3's ``target_kl`` and ESPO's ``ratio_change_limit``."""
         stop = th.zeros(self.arm.n_agents, dtype=th.bool, device=statistics["ratio"].device)
@@ -298,56 +317,46 @@ class _UpdateSums:
     SB3's training statistics (``TRAIN_STATISTICS``) and the exact KL of the last epoch (the KL penalty's β)."""
 
     def __init__(self, n_agents: int, device: th.device) -> None:
-        def zeros() -> th.Tensor:
-            return th.zeros(n_agents, device=device)
-
-        self.update = {name: zeros() for name in (*_MINIBATCH_MEANS, "clip_fraction", "steps")}
-        """Over the whole update."""
-        self.epoch = {name: zeros() for name in ("approx_kl", "kl", "kl_samples", "steps")}
-        """Over each agent's last epoch."""
+        self.update = th.zeros(n_agents, len(_UPDATE_MEANS), device=device)
+        """``_UPDATE_MEANS`` summed over the whole update."""
+        self.epoch = th.zeros(n_agents, len(_EPOCH_SUMS), device=device)
+        """``_EPOCH_SUMS`` summed over each agent's last epoch."""
+        self.update_steps = th.zeros(n_agents, device=device)
+        self.epoch_steps = th.zeros(n_agents, device=device)
         self.last_loss = th.full((n_agents,), float("nan"), device=device)
 
     def start_epoch(self, active: th.Tensor) -> None:
         """The agents that begin an epoch start its sums again."""
-        for name, total in self.epoch.items():
-            self.epoch[name] = th.where(active, 0.0, total)
+        self.epoch = th.where(active.unsqueeze(1), 0.0, self.epoch)
+        self.epoch_steps = th.where(active, 0.0, self.epoch_steps)
 
-    def add(self, arm: _ArmState, statistics: dict[str, th.Tensor], measured: th.Tensor) -> None:
-        """An arm's minibatch statistics, for its agents that evaluated the minibatch (``measured``)."""
-
-        def accumulate(total: th.Tensor, value: th.Tensor) -> None:
-            total[arm.agents] += th.where(measured, value.detach(), 0.0)
-
-        for name, field in _MINIBATCH_MEANS.items():
-            accumulate(self.update[name], statistics[field])
-        accumulate(self.update["clip_fraction"], arm.clip_fraction(statistics["ratio"]))
-        accumulate(self.epoch["approx_kl"], statistics["approx_kl"])
-        if "kl" in statistics:
-            accumulate(self.epoch["kl"], statistics["kl"].sum(dim=1))
-            accumulate(self.epoch["kl_samples"], th.full_like(statistics["approx_kl"], statistics["kl"].shape[1]))
-
-    def step(self, active: th.Tensor, losses: th.Tensor) -> None:
-        """The minibatch step's losses, for the ``active`` agents that evaluated it."""
-        self.update["steps"] += active.float()
-        self.epoch["steps"] += active.float()
+    def add(self, active: th.Tensor, losses: th.Tensor, statistics: th.Tensor) -> None:
+        """A minibatch step's losses ``(S,)`` and ``STEP_STATISTICS`` ``(S, …)``, for the ``active`` agents,
+        those that evaluated it."""
+        measured = th.where(active.unsqueeze(1), statistics, 0.0)
+        self.update += measured[:, : len(_UPDATE_MEANS)]
+        self.epoch += measured[:, len(_UPDATE_MEANS) :]
+        self.update_steps += active.float()
+        self.epoch_steps += active.float()
         self.last_loss = th.where(active, losses.detach(), self.last_loss)
 
     def means(self) -> dict[str, th.Tensor]:
         """The update's means of the minibatch statistics (``approx_kl`` over each agent's last epoch, as SB3)."""
-        steps, epoch_steps = self.update["steps"].clamp(min=1.0), self.epoch["steps"].clamp(min=1.0)
-        means = {name: self.update[name] / steps for name in (*_MINIBATCH_MEANS, "clip_fraction")}
-        return {**means, "approx_kl": self.epoch["approx_kl"] / epoch_steps, "loss": self.last_loss}
+        means = self.update / self.update_steps.clamp(min=1.0).unsqueeze(1)
+        approx_kl = self.epoch[:, _EPOCH_SUMS.index("approx_kl")] / self.epoch_steps.clamp(min=1.0)
+        columns = dict(zip(_UPDATE_MEANS, means.unbind(dim=1), strict=True))
+        return {**columns, "approx_kl": approx_kl, "loss": self.last_loss}
 
     @property
     def evaluated(self) -> th.Tensor:
         """Which agents evaluated at least one minibatch."""
-        return self.update["steps"] > 0
+        return self.update_steps > 0
 
     @property
     def last_epoch_kl(self) -> tuple[th.Tensor, th.Tensor]:
         """The mean exact KL of each agent's last epoch, and whether it was measured."""
-        samples = self.epoch["kl_samples"]
-        return self.epoch["kl"] / samples.clamp(min=1.0), samples > 0
+        kl, samples = self.epoch[:, _EPOCH_SUMS.index("kl")], self.epoch[:, _EPOCH_SUMS.index("kl_samples")]
+        return kl / samples.clamp(min=1.0), samples > 0
 
 
 def check_device(device: str | th.device) -> th.device:
@@ -395,8 +404,9 @@ class BatchedPPO:
         computation whatever the device.
     :param arms: the agents' arms (``Arm``) in order, each with its own ``ARM_SETTINGS``, which are then left out
         of the keywords; ``None``: every agent in one arm with the keywords' settings.
-    :param compile_step: compile the minibatch step's forward pass and losses with ``torch.compile`` (its
-        backward pass with them): the same maths with fewer, fused kernels, so float rounding may differ from the
+    :param compile_step: compile the minibatch step's forward pass, losses, per-agent statistics and early stops
+        with ``torch.compile`` (its backward pass with them), and Adam's step (``StackedAdam``'s ``compiled``):
+        the same maths with fewer, fused kernels, so float rounding may differ from the
         eager step's in the last bits. The first updates pay the compilation (tens of seconds on a CPU, less once
         torch's on-disk cache holds the same graphs). Refused where ``torch.compile`` does not work (on a CPU it
         needs a C++ compiler). Resets ``torch.compile``'s in-process caches (``torch.compiler.reset``) so that
@@ -452,6 +462,8 @@ class BatchedPPO:
         if sum(arm.n_agents for arm in arms) != n_agents or any(arm.n_agents < 1 for arm in arms):
             raise ValueError(f"arms: their n_agents must be positive and add up to the {n_agents} seeds")
         self.device = check_device(device)
+        if compile_step:
+            check_compile(self.device)
         self.arms: list[_ArmState] = []
         start = 0
         for arm in arms:
@@ -479,6 +491,7 @@ class BatchedPPO:
             th.tensor(rates, dtype=th.float64, device=self.device),
             betas=adam_betas,
             eps=adam_eps,
+            compiled=compile_step,
         )
         self.failed = th.zeros(n_agents, dtype=th.bool, device=self.device)
         self.n_updates = th.zeros(n_agents, dtype=th.long, device=self.device)
@@ -505,7 +518,6 @@ class BatchedPPO:
         self.compile_step = compile_step
         self._losses = self._eager_losses
         if compile_step:
-            check_compile(self.device)
             # dynamo caches a compiled method by its code, shared by every trainer: start afresh for this one's
             th.compiler.reset()
             self._losses = th.compile(self._eager_losses, dynamic=False)
@@ -636,7 +648,7 @@ class BatchedPPO:
 
     def _minibatch_losses(
         self, shuffled: StackedRollout, batch: slice, active: th.Tensor
-    ) -> tuple[list[th.Tensor], list[dict[str, th.Tensor]]]:
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """``_losses`` on every agent's minibatch ``batch`` of ``shuffled``; the eager step while a smoothed
         pseudo-entropy has no average yet (the trainer's first step), so that the compiled step is compiled once."""
         minibatch = StackedRollout(
@@ -647,11 +659,10 @@ class BatchedPPO:
         )
         return (self._eager_losses if starting else self._losses)(minibatch, active)
 
-    def _eager_losses(
-        self, minibatch: StackedRollout, active: th.Tensor
-    ) -> tuple[list[th.Tensor], list[dict[str, th.Tensor]]]:
-        """One forward pass of every agent on its minibatch, then each arm's loss; updates each arm's smoothed
-        pseudo-entropy where its agents are ``active``. (``_losses``, compiled with ``compile_step``.)"""
+    def _eager_losses(self, minibatch: StackedRollout, active: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """One forward pass of every agent on its minibatch, then each arm's loss (``_arm_losses``); updates each
+        arm's smoothed pseudo-entropy where its agents are ``active``. (``_losses``, compiled with
+        ``compile_step``.)"""
         with _phase("forward"):
             logits, values, features = self.network.forward_with_features(minibatch.observations)
             normalised, log_prob, entropy = categorical_outputs(logits, minibatch.actions)
@@ -673,9 +684,10 @@ class BatchedPPO:
         features: th.Tensor,
         pseudo_entropy: th.Tensor | None,
         kl: th.Tensor | None,
-    ) -> tuple[list[th.Tensor], list[dict[str, th.Tensor]]]:
-        """Each arm's losses and statistics from every agent's network outputs on its minibatch (``minibatch``)."""
-        losses, statistics = [], []
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """Every agent's loss ``(S,)``, ``STEP_STATISTICS`` ``(S, …)`` and whether it stops its epochs before this
+        step (``_ArmState.stops``), from its network outputs on its minibatch (``minibatch``), arm by arm."""
+        losses, statistics, stops = [], [], []
         for arm in self.arms:
             agents, options = arm.agents, arm.options
             drift = options.feature_drift_coef is not None
@@ -701,21 +713,20 @@ class BatchedPPO:
                 previous = new_average if arm.pseudo_entropy_average is None else arm.pseudo_entropy_average
                 arm.pseudo_entropy_average = th.where(active[agents], new_average, previous)
             losses.append(arm_losses)
-            statistics.append(arm_statistics)
-        return losses, statistics
+            statistics.append(arm.step_statistics(arm_statistics))
+            stops.append(arm.stops(arm_statistics))
+        return th.cat(losses), th.cat(statistics), th.cat(stops)
 
-    def update(self, rollout: StackedRollout, permutations: Sequence[th.Tensor] | None = None) -> dict[str, th.Tensor]:
+    def update(self, rollout: StackedRollout, permutations: Sequence[th.Tensor] | None = None) -> None:
         """``n_epochs`` epochs of minibatch steps on every agent's rollout, each agent on its own permutation.
 
         :param rollout: the agents' rollouts.
         :param permutations: one ``(S, N)`` index tensor per epoch; ``None`` draws them from the agents' generators.
-        :return: the last minibatch's statistics that every arm has, ``(S, …)``.
         """
         n_samples = rollout.advantages.shape[1]
         parameters = self.optimizer.parameters
         active = ~self.failed
         failed_before = self.failed.clone()
-        statistics: list[dict[str, th.Tensor]] = []
         sums = _UpdateSums(self.n_agents, self.device)
         if permutations is None:  # every epoch's, whoever stops early, so that each stream is the agent's own
             permutations = [
@@ -730,14 +741,11 @@ class BatchedPPO:
             self.n_updates += active.long()
             shuffled = self._shuffled(rollout, permutations[epoch].to(self.device))
             for start in range(0, n_samples, self.batch_size):
-                losses, statistics = self._minibatch_losses(shuffled, slice(start, start + self.batch_size), active)
-                for arm, arm_statistics in zip(self.arms, statistics, strict=True):
-                    sums.add(arm, arm_statistics, active[arm.agents])
-                every_loss = th.cat(losses)
-                sums.step(active, every_loss)
-                active = active & ~th.cat(
-                    [arm.stops(arm_statistics) for arm, arm_statistics in zip(self.arms, statistics, strict=True)]
+                every_loss, statistics, stops = self._minibatch_losses(
+                    shuffled, slice(start, start + self.batch_size), active
                 )
+                sums.add(active, every_loss, statistics)
+                active = active & ~stops
                 self.optimizer.zero_grad()
                 with _phase("backward"):
                     th.where(active, every_loss, th.zeros_like(every_loss)).sum().backward()
@@ -751,8 +759,6 @@ class BatchedPPO:
         self._record_failures(failed_before)
         self._record_train_statistics(rollout, sums.means(), sums.evaluated)
         self._adapt_kl_coefs(*sums.last_epoch_kl)
-        common = set.intersection(*(set(arm_statistics) for arm_statistics in statistics)) if statistics else set()
-        return {name: th.cat([arm_statistics[name] for arm_statistics in statistics]) for name in common}
 
     @th.no_grad()
     def _record_train_statistics(

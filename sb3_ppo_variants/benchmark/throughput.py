@@ -222,8 +222,9 @@ def measure_throughput(
         for engine, compiled in (("batched", False), ("batched_compiled", True))[: 1 + compile_step]:
             directory = Path(folder) / engine
             before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-            # each worker compiles in its own process, so that getrusage counts the compilations' CPU time
-            with _environment(TORCHINDUCTOR_COMPILE_THREADS="1"):
+            # each worker compiles in its own process, so that getrusage counts the compilations' CPU time, from
+            # an empty on-disk cache, so that no compilation of an earlier command is reused
+            with _environment(TORCHINDUCTOR_COMPILE_THREADS="1", TORCHINDUCTOR_CACHE_DIR=str(Path(folder) / "cache")):
                 results[engine] = _measured(
                     partial(
                         run_batched_grid,
