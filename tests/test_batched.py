@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+from stable_baselines3 import PPO
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.logger import configure
 
@@ -338,6 +339,48 @@ def test_settings_refuse_what_the_batched_trainer_cannot_do():
         batched_settings(VariantPPO("MlpPolicy", "CartPole-v1", policy_kwargs=dict(optimizer_class=th.optim.SGD)))
     settings = batched_settings(VariantPPO("MlpPolicy", "CartPole-v1", clip_range=LinearSchedule(0.3, 0.3, 1.0)))
     assert settings["options"].clip_range == pytest.approx(0.3) and settings["adam_eps"] == 1e-5
+    decaying = LinearSchedule(1e-3, 0.0, 1.0)
+    assert batched_settings(VariantPPO("MlpPolicy", "CartPole-v1", learning_rate=decaying))["learning_rate"] is decaying
+
+
+def test_learning_rates_follow_their_schedules_as_sb3_sets_them():
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.utils import LinearSchedule
+
+    shape = dict(n_steps=16, batch_size=32, n_epochs=1)
+    sb3_rates: list[float] = []
+
+    class RecordingPPO(PPO):
+        def train(self) -> None:
+            super().train()
+            sb3_rates.append(self.policy.optimizer.param_groups[0]["lr"])
+
+    RecordingPPO(
+        "MlpPolicy", make_vec_env("CartPole-v1", n_envs=2), learning_rate=LinearSchedule(1e-3, 0.0, 1.0), **shape
+    ).learn(96)
+    batched = BatchedPPO([0, 1], learning_rate=[LinearSchedule(1e-3, 0.0, 1.0), 2e-3], n_envs=2, **shape)
+    batched_rates: list[list[float]] = []
+    update = batched.update
+    batched.update = lambda rollout: (batched_rates.append(batched.optimizer.learning_rates.tolist()), update(rollout))  # type: ignore[method-assign]
+    batched.learn(96)
+    # three updates after 32, 64 and 96 steps: lr · (1 − steps / 96), the last at 0, as SB3 trains them
+    assert sb3_rates == pytest.approx([1e-3 * (1 - 32 * update / 96) for update in (1, 2, 3)], abs=1e-12)
+    np.testing.assert_allclose(batched_rates, [[rate, 2e-3] for rate in sb3_rates], rtol=0, atol=1e-12)
+    assert batched.train_statistics[1]["learning_rate"] == pytest.approx(2e-3)
+
+
+@pytest.mark.parametrize(
+    ("learning_rate", "message"),
+    [
+        ([1e-3], r"learning_rate: one for all or one per agent \(2\), got 1"),
+        (-1e-3, r"learning_rate\[0\]: must stay a finite number >= 0, goes from -0.001 to -0.001"),
+        ([1e-3, lambda progress: float("nan")], r"learning_rate\[1\]: must stay a finite number >= 0"),
+        ("lin_1e-3", r"learning_rate\[0\]: a number or a schedule of the progress remaining, got 'lin_1e-3'"),
+    ],
+)
+def test_a_learning_rate_that_cannot_train_is_refused(learning_rate, message):
+    with pytest.raises(ValueError, match=message):
+        BatchedPPO([0, 1], learning_rate=learning_rate)
 
 
 # --------------------------------------------------------------------------- agents are independent

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from typing import Any, NamedTuple, cast
 import numpy as np
 import torch as th
 from stable_baselines3 import PPO
+from stable_baselines3.common.type_aliases import Schedule
+from stable_baselines3.common.utils import FloatSchedule
 from torch.func import vmap
 from torch.profiler import record_function
 
@@ -239,8 +242,33 @@ def check_compile(device: th.device) -> None:
         raise ValueError(f"compile_step: torch.compile does not work here ({type(error).__name__}: {error})") from None
 
 
+def _learning_rate_schedules(learning_rate: Any, n_agents: int) -> list[FloatSchedule]:
+    """``BatchedPPO``'s ``learning_rate`` as one SB3 schedule per agent.
+
+    :raises ValueError: for a count other than one or one per agent, or a rate that is not a finite number
+        ``≥ 0`` at the start or the end of its schedule.
+    """
+    if isinstance(learning_rate, (int, float, str)) or callable(learning_rate):
+        learning_rate = [learning_rate] * n_agents
+    rates = list(learning_rate)
+    if len(rates) != n_agents:
+        raise ValueError(f"learning_rate: one for all or one per agent ({n_agents}), got {len(rates)}")
+    schedules = []
+    for agent, rate in enumerate(rates):
+        if not (isinstance(rate, (int, float)) or callable(rate)):
+            raise ValueError(f"learning_rate[{agent}]: a number or a schedule of the progress remaining, got {rate!r}")
+        schedule = FloatSchedule(rate)
+        ends = (schedule(1.0), schedule(0.0))
+        if not all(math.isfinite(value) and value >= 0.0 for value in ends):
+            raise ValueError(
+                f"learning_rate[{agent}]: must stay a finite number >= 0, goes from {ends[0]} to {ends[1]}"
+            )
+        schedules.append(schedule)
+    return schedules
+
+
 def _constant(name: str, value: Any) -> float:
-    """A constant schedule's value; BatchedPPO has no schedules yet."""
+    """A constant schedule's value: ``BatchedPPO``'s clip ranges and KL trust region are constant."""
     if isinstance(value, str):  # rl-zoo3's "lin_<initial>", decaying to 0
         raise ValueError(f"{name} is a schedule ({value!r}); BatchedPPO takes constant values only")
     if callable(value):
@@ -255,8 +283,8 @@ def batched_settings(model: PPO) -> dict[str, Any]:
     """The ``BatchedPPO`` keyword arguments that train as this SB3 ``PPO`` or ``VariantPPO`` does (its options,
     hyperparameters and optimiser), without ``seeds``: one call per arm of a study.
 
-    :raises ValueError: for what ``BatchedPPO`` cannot do yet: a schedule that changes, an optimiser other than
-        Adam, ESPO's stop after the violating step.
+    :raises ValueError: for what ``BatchedPPO`` cannot do yet: a schedule that changes, other than the
+        learning rate's; an optimiser other than Adam; ESPO's stop after the violating step.
     """
     optimizer = model.policy.optimizer
     if not isinstance(optimizer, th.optim.Adam):
@@ -266,7 +294,7 @@ def batched_settings(model: PPO) -> dict[str, Any]:
     clip_range = _constant("clip_range", model.clip_range)
     clip_range_vf = None if model.clip_range_vf is None else _constant("clip_range_vf", model.clip_range_vf)
     settings: dict[str, Any] = dict(
-        learning_rate=_constant("learning_rate", model.learning_rate),
+        learning_rate=model.learning_rate,
         n_envs=model.n_envs,
         n_steps=model.n_steps,
         batch_size=model.batch_size,
@@ -377,7 +405,10 @@ class BatchedPPO:
     """``S`` PPO agents on ``CartPole-v1`` or ``Acrobot-v1`` in lock-step, each with ``VariantPPO``'s loss and options.
 
     :param seeds: one seed per agent: its initial parameters, actions, minibatches and environments.
-    :param learning_rate: Adam's learning rate, one for all or one per agent.
+    :param learning_rate: Adam's learning rate, one for all or one per agent, each a number or, as SB3 takes
+        it, a schedule of the progress remaining (``1 → 0`` over ``learn``'s ``total_timesteps``; rl-zoo3's
+        ``lin_`` is ``stable_baselines3.common.utils.LinearSchedule(value, 0, 1)``), set before each update
+        as SB3's ``train()`` sets it.
     :param n_envs: environments per agent.
     :param n_steps: steps per environment and rollout.
     :param batch_size: minibatch size.
@@ -416,7 +447,7 @@ class BatchedPPO:
     def __init__(
         self,
         seeds: Sequence[int],
-        learning_rate: float | Sequence[float] = 3e-4,
+        learning_rate: float | Schedule | Sequence[float | Schedule] = 3e-4,
         n_envs: int = 1,
         n_steps: int = 2048,
         batch_size: int = 64,
@@ -485,10 +516,13 @@ class BatchedPPO:
                 observation_size, n_actions, self.generators, shared_trunk=shared_trunk
             )
         self.network = network.to(self.device).requires_grad_()
-        rates = [learning_rate] * n_agents if isinstance(learning_rate, (int, float)) else list(learning_rate)
+        self.learning_rate_schedules = _learning_rate_schedules(learning_rate, n_agents)
+        """Per agent, its learning rate as a function of the progress remaining (SB3's ``lr_schedule``)."""
         self.optimizer = StackedAdam(
             [self.network.flat],
-            th.tensor(rates, dtype=th.float64, device=self.device),
+            th.tensor(
+                [schedule(1.0) for schedule in self.learning_rate_schedules], dtype=th.float64, device=self.device
+            ),
             betas=adam_betas,
             eps=adam_eps,
             compiled=compile_step,
@@ -854,6 +888,11 @@ class BatchedPPO:
             self._next_eval += self._eval_every
         self.eval_seconds += time.perf_counter() - start
 
+    def set_learning_rates(self, progress_remaining: float) -> None:
+        """Every agent's learning rate at ``progress_remaining`` of its schedule, as SB3's ``train()`` sets it."""
+        rates = [schedule(progress_remaining) for schedule in self.learning_rate_schedules]
+        self.optimizer.learning_rates.copy_(th.tensor(rates, dtype=th.float64))
+
     def learn(self, total_timesteps: int, eval_every: int | None = None) -> BatchedPPO:
         """Rollouts and updates until every agent has taken ``total_timesteps`` environment steps.
 
@@ -868,7 +907,9 @@ class BatchedPPO:
             self._next_eval = self.num_timesteps
             self._record_evaluation()
         while self.num_timesteps < total_timesteps:
-            self.update(self.collect_rollout())
+            rollout = self.collect_rollout()
+            self.set_learning_rates(1.0 - self.num_timesteps / total_timesteps)
+            self.update(rollout)
         if eval_every is not None and self.evaluations[0][-1]["step"] != self.num_timesteps:
             self._record_evaluation()
         return self

@@ -79,8 +79,6 @@ def _environment_refusal(task: Task) -> str | None:
         return "the task normalises observations (VecNormalize), which the batched engine does not"
     if task.env_kwargs:
         return f"the task's environment arguments {task.env_kwargs} are not the batched engine's"
-    if task.linear_learning_rate:
-        return "the task's learning rate is a schedule; the batched engine takes a constant one"
     return None
 
 
@@ -182,7 +180,9 @@ def group_trainer(
             segments.append((run.algorithm, 1))
     task = TASKS[first.task]
     settings = {name: value for name, value in first.settings.items() if name not in ARM_SETTINGS}
-    settings["learning_rate"] = [task.hyperparameters["learning_rate"] * run.learning_rate_scale for run in runs]
+    settings["learning_rate"] = [
+        task.algorithm_hyperparameters(run.learning_rate_scale)["learning_rate"] for run in runs
+    ]
     return BatchedPPO(
         [run.seed for run in runs],
         shared_trunk=first.shared_trunk,
