@@ -11,6 +11,7 @@
 - ``agreement``: whether the SB3 engine and the batched engine train the same grid alike (``agreement.py``);
 - ``pilot``: the powered study's candidate settings from PPO's pilot runs, and the ones its rule chooses;
 - ``extension``: the powered study's analysis (``extension_study.py``, preregistered in ``docs/benchmarks.md``);
+- ``diagnose``: one drop of a setting explained, with ``collapse``'s diagnosis and health (``diagnose.py``);
 - ``pong``: the seed's Pong settings to 2M agent steps through rl-zoo3, resumable (``pong.py``).
 
 Runs already on disk are skipped, so ``learn`` and ``collapse`` resume after an interruption. They run
@@ -242,6 +243,21 @@ def main(argv: list[str] | None = None) -> int:
     power.add_argument("--settings", type=int, default=3, help="settings pooled by the stratified (CMH) test")
     power.add_argument("--alpha", type=float, default=0.05)
     power.add_argument("--power", type=float, default=0.8)
+    diagnose = subcommands.add_parser(
+        "diagnose", help="one drop of a setting explained: which layer flips the policy, the gradients before it"
+    )
+    diagnose.add_argument("--task", required=True, help="the setting's task, e.g. pilot/CartPole-v1-shared")
+    diagnose.add_argument("--lr-scale", type=float, required=True, help="the setting's learning-rate scale")
+    diagnose.add_argument(
+        "--algorithms",
+        nargs="+",
+        default=["ppo"],
+        help="the first is trained seed after seed until a run drops, and diagnosed; the others train that seed",
+    )
+    diagnose.add_argument("--seeds", nargs="+", type=int, required=True, help="seeds to try, in order")
+    diagnose.add_argument("--output", type=Path, required=True, help="folder for diagnosis.json and each run's files")
+    diagnose.add_argument("--timesteps", type=int, default=None, help="override the task's budget (tests)")
+    diagnose.add_argument("--threads", type=int, default=1, help="torch threads")
     pong = subcommands.add_parser("pong", help="the seed's Pong settings to 2M steps, resumable")
     pong.add_argument("action", choices=["train", "snapshot", "evaluate", "report"])
     pong.add_argument("--logs", type=Path, default=Path("logs/pong"), help="the zoo's log folder (-f)")
@@ -397,6 +413,15 @@ def main(argv: list[str] | None = None) -> int:
                 args.runs_per_arm, args.baseline_rates, args.arms, args.alpha, args.power, settings=args.settings
             )
         )
+    elif args.command == "diagnose":
+        from sb3_ppo_variants.benchmark.diagnose import diagnose_setting, format_diagnosis
+
+        th.set_num_threads(args.threads)
+        task = _parse_tasks([args.task], [])[0]
+        algorithms = parse_algorithms(args.algorithms, ("ppo",))
+        result = diagnose_setting(task, algorithms, args.lr_scale, args.seeds, args.output, args.timesteps)
+        print(format_diagnosis(result), end="")
+        return 0 if result["diagnosed"] is not None else 1
     elif args.command == "pong":
         from sb3_ppo_variants.benchmark import pong as pong_runs
 

@@ -87,6 +87,30 @@ def moving_average(scores: np.ndarray, window: int) -> np.ndarray:
     return averages
 
 
+def _next_drop(scores: np.ndarray, after: int, definition: CollapseDefinition) -> int | None:
+    """The first evaluation after index ``after`` that starts ``patience`` consecutive ones below ``low``."""
+    below = scores < definition.low
+    return next(
+        (
+            start
+            for start in range(after + 1, len(scores) - definition.patience + 1)
+            if below[start : start + definition.patience].all()
+        ),
+        None,
+    )
+
+
+def first_drop(scores: Sequence[float] | np.ndarray, definition: CollapseDefinition) -> tuple[int, int] | None:
+    """The evaluation where the run reached competence and the one that starts its first drop (indices), or
+    ``None`` for a run without a drop."""
+    scores = np.asarray(scores, dtype=float)
+    competent = np.flatnonzero(moving_average(scores, definition.window) >= definition.competent)
+    if competent.size == 0:
+        return None
+    drop = _next_drop(scores, int(competent[0]), definition)
+    return None if drop is None else (int(competent[0]), drop)
+
+
 def classify_run(
     steps: Sequence[int], scores: Sequence[float] | np.ndarray, definition: CollapseDefinition
 ) -> RunOutcome:
@@ -99,17 +123,9 @@ def classify_run(
         return RunOutcome(False, None, False, None, 0, best, final)
     index = int(competent[0])
     competence_step = int(steps[index])
-    below = scores < definition.low
     transient = 0
     while True:
-        drop = next(
-            (
-                start
-                for start in range(index + 1, len(scores) - definition.patience + 1)
-                if below[start : start + definition.patience].all()
-            ),
-            None,
-        )
+        drop = _next_drop(scores, index, definition)
         if drop is None:
             return RunOutcome(True, competence_step, False, None, transient, best, final)
         regained = np.flatnonzero(average[drop + 1 :] >= definition.competent)

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,7 +23,7 @@ import gymnasium as gym
 import numpy as np
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 
@@ -140,9 +141,18 @@ class PeriodicEvaluation(BaseCallback):
 
 
 def train_and_evaluate(
-    task_name: str, algorithm_name: str, seed: int, learning_rate_scale: float = 1.0, timesteps: int | None = None
+    task_name: str,
+    algorithm_name: str,
+    seed: int,
+    learning_rate_scale: float = 1.0,
+    timesteps: int | None = None,
+    callbacks: Sequence[BaseCallback] = (),
 ) -> dict[str, Any]:
-    """Train one algorithm on one task from one seed, evaluating periodically."""
+    """Train one algorithm on one task from one seed, evaluating periodically.
+
+    :param callbacks: called after the evaluation's callback at each step; the run is the same with them as long
+        as they draw no random number from the model's generators and leave its parameters alone.
+    """
     task = TASKS[task_name]
     algorithm = ALGORITHMS[algorithm_name]
     env = make_training_env(task, seed)
@@ -152,7 +162,7 @@ def train_and_evaluate(
     evaluation = PeriodicEvaluation(task, seed)
     total = timesteps or task.timesteps
     start = time.perf_counter()
-    model.learn(total_timesteps=total, callback=evaluation)
+    model.learn(total_timesteps=total, callback=CallbackList([evaluation, *callbacks]))
     wall_seconds = time.perf_counter() - start
     env.close()
     return {
