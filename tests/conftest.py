@@ -15,6 +15,14 @@ from pathlib import Path
 import pytest
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """In-process training runs single-threaded, as the benchmark runs it: the test workers (pytest-xdist) then
+    share the cores instead of oversubscribing them, which makes small torch operations many times slower."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 class ZooRunner:
     """Runs ``python -m rl_zoo3.<script>`` (or any command) single-threaded and headless."""
 
