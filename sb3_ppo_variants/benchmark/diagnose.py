@@ -34,6 +34,8 @@ from sb3_ppo_variants.collapse.health_recorder import HealthRecorder
 
 PROBE_STATES = 2000
 """States in the probe batch, as ``collapse collect-probe``'s default."""
+CHECKPOINTS = "checkpoints"
+"""A run's folder of models saved at every evaluation, removed once its drop is diagnosed."""
 GRADIENT_RATIO = "grad_ratio_value_policy"
 """``HealthRecorder``'s ratio of the value loss's gradient norm (times ``vf_coef``) to the policy loss's, on the
 parameters both heads share."""
@@ -87,7 +89,7 @@ def train_observed(
     """The SB3 engine's run, its models saved at every evaluation (``folder/checkpoints``) and its health after
     every rollout (``folder/health.csv``); writes ``folder/run.json``, the run's file."""
     task = TASKS[task_name]
-    checkpoints = CheckpointAtEvaluations(folder / "checkpoints", task.eval_every)
+    checkpoints = CheckpointAtEvaluations(folder / CHECKPOINTS, task.eval_every)
     record = train_and_evaluate(
         task_name,
         algorithm,
@@ -123,7 +125,7 @@ def explain_drop(
     good = max(index for index in range(competence, drop) if scores[index] >= definition.competent)
     register_minatar()
     env = make_vec_env(task.env_id, n_envs=1, seed=EVAL_SEED_OFFSET + probe_seed, env_kwargs=task.env_kwargs)
-    checkpoints = folder / "checkpoints"
+    checkpoints = folder / CHECKPOINTS
     good_path, bad_path = checkpoints / f"{steps[good]}.zip", checkpoints / f"{steps[drop]}.zip"
     probe = collect_probe(load_policy(good_path), env, n_states=PROBE_STATES, seed=EVAL_SEED_OFFSET + probe_seed)
     env.close()
@@ -153,14 +155,16 @@ def explain_drop(
     return result
 
 
-def compare_window(record: dict[str, Any], folder: Path, window: tuple[int, int, int]) -> dict[str, Any]:
+def compare_window(
+    record: dict[str, Any], folder: Path, window: tuple[int, int, int], definition: CollapseDefinition
+) -> dict[str, Any]:
     """For a run that is not the diagnosed one: its gradient ratios over the diagnosed run's windows (competence
     to good, good to bad), its scores at those steps and whether it dropped at all."""
     task = TASKS[record["task"]]
     steps, scores = _scores(record, task)
     health = pd.read_csv(folder / HEALTH_FILE)
     competence, good, bad = window
-    found = first_drop(scores, CollapseDefinition())
+    found = first_drop(scores, definition)
     return {
         "seed": record["seed"],
         "dropped": found is not None,
@@ -201,7 +205,7 @@ def diagnose_setting(
         record = train_observed(task_name, first, seed, learning_rate_scale, folder, timesteps)
         result["seeds_tried"].append(seed)
         explained = explain_drop(record, folder, definition, seed)
-        shutil.rmtree(folder / "checkpoints")
+        shutil.rmtree(folder / CHECKPOINTS)
         if explained is not None:
             result["diagnosed"] = explained
             break
@@ -211,8 +215,8 @@ def diagnose_setting(
         for algorithm in others:
             folder = output / algorithm / f"seed{diagnosed['seed']}"
             record = train_observed(task_name, algorithm, diagnosed["seed"], learning_rate_scale, folder, timesteps)
-            shutil.rmtree(folder / "checkpoints")
-            result["others"][algorithm] = compare_window(record, folder, window)
+            shutil.rmtree(folder / CHECKPOINTS)
+            result["others"][algorithm] = compare_window(record, folder, window, definition)
     output.mkdir(parents=True, exist_ok=True)
     (output / "diagnosis.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     return result
