@@ -244,6 +244,29 @@ def test_too_few_qualifying_settings_ask_for_the_larger_learning_rate() -> None:
     assert "--tasks pilot/Acrobot-v1-shared --algorithms ppo --lr-scales 50" in report
 
 
+def test_kept_settings_stay_chosen_and_the_rule_fills_the_rest() -> None:
+    table = pilot_table(
+        candidates(
+            (SHARED, 0.01, 20, 20, 8),  # 0.40, kept
+            ("pilot/Acrobot-v1-separate", 0.01, 20, 20, 6),  # 0.30, kept
+            (SHARED, 0.02, 20, 20, 10),  # 0.50: third
+            ("pilot/Acrobot-v1-separate-zoo", 0.02, 20, 20, 11),  # 0.55: would have come second without keep
+            (SHARED + "-zoo", 0.01, 20, 20, 10),  # 0.50, but the first kept setting's slot
+        )
+    )
+    assert chosen(select_settings(table))[:2] == [(SHARED, 0.02), (SHARED + "-zoo", 0.01)]
+    kept = [(SHARED, 0.01), ("pilot/Acrobot-v1-separate", 0.01)]
+    selection = select_settings(table, keep=kept)
+    assert chosen(selection) == [*kept, (SHARED, 0.02)] and selection.enough
+    # nothing else qualifies: the kept two, and the rule says the third is missing
+    alone = select_settings(table[table["learning_rate"] == 0.01].iloc[:2], keep=kept)
+    assert chosen(alone) == kept and alone.missing == ["only 2 of the 3 settings qualify"]
+    with pytest.raises(ValueError, match=r"keep: pilot/CartPole-v1-shared at lr 0\.03 is not a qualifying"):
+        select_settings(table, keep=[(SHARED, 0.03)])
+    with pytest.raises(ValueError, match="slot already kept"):
+        select_settings(table, keep=[(SHARED, 0.01), (SHARED + "-zoo", 0.01)])
+
+
 def test_the_pooled_test_and_odds_ratio_agree_with_statsmodels() -> None:
     arm_events, arm_runs = [4, 9, 12], [40, 45, 50]
     base_events, base_runs = [15, 20, 31], [42, 48, 50]
@@ -306,6 +329,13 @@ def test_the_pilot_and_extension_commands_end_to_end(tmp_path: Path, capsys: pyt
     printed = capsys.readouterr().out
     assert "pilot/CartPole-v1-shared at lr 0.01" in printed and "only 1 of the 3" in printed
     assert pd.read_csv(tmp_path / "pilot_out" / "pilot.csv")["rate"].tolist() == [0.5]
+    keep = ["pilot", "--runs", str(pilot), "--output", str(tmp_path / "pilot_out"), "--keep"]
+    assert main([*keep, f"{SHARED}:0.01"]) == 0 and "only 1 of the 3" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"keep: pilot/CartPole-v1-shared at lr 0\.02 is not a qualifying"):
+        main([*keep, f"{SHARED}:0.02"])
+    with pytest.raises(SystemExit):  # not TASK:LR
+        main([*keep, "CartPole-v1"])
+    capsys.readouterr()
 
     study = tmp_path / "study"
     ends = [10_000 * index - 5 for index in range(1, 31)]

@@ -85,6 +85,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _kept_setting(text: str) -> tuple[str, float]:
+    """``TASK:LR`` → (task, learning rate)."""
+    task, _, rate = text.rpartition(":")
+    if task not in TASKS:
+        raise argparse.ArgumentTypeError(f"needs TASK:LR with a task from {sorted(TASKS)}, got {text!r}")
+    try:
+        return task, float(rate)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"needs TASK:LR with a number after the colon, got {text!r}") from None
+
+
 def _add_run_arguments(parser: argparse.ArgumentParser, default_tasks: list[str]) -> None:
     parser.add_argument("--runs", type=Path, default=DEFAULT_RUNS, help="directory of the per-run JSON files")
     parser.add_argument("--tasks", nargs="+", default=None, help=f"default: {' '.join(default_tasks)}")
@@ -226,6 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     pilot.add_argument("--runs", type=Path, required=True, help="directory of PPO's pilot runs")
     pilot.add_argument("--output", type=Path, required=True, help="directory for <name>.csv and <name>.md")
     pilot.add_argument("--name", default="pilot", help="prefix of the files written")
+    pilot.add_argument(
+        "--keep",
+        nargs="+",
+        type=_kept_setting,
+        default=[],
+        metavar="TASK:LR",
+        help="settings chosen earlier that stay chosen (e.g. pilot/CartPole-v1-shared:0.01); the rule fills the rest",
+    )
 
     extension = subcommands.add_parser("extension", help="the powered collapse study's preregistered analysis")
     extension.add_argument("--runs", type=Path, required=True, help="directory of the study's runs")
@@ -392,7 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "pilot":
         from sb3_ppo_variants.benchmark.extension_study import format_pilot_report, write_pilot_report
 
-        selection = write_pilot_report(args.runs, args.output, args.name)
+        try:
+            selection = write_pilot_report(args.runs, args.output, args.name, args.keep)
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
         print(format_pilot_report(selection, args.runs), end="")
     elif args.command == "extension":
         from sb3_ppo_variants.benchmark.extension_study import write_extension_report

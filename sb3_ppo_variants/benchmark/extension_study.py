@@ -297,23 +297,44 @@ class PilotSelection:
         return not self.missing
 
 
-def select_settings(table: pd.DataFrame, rule: SelectionRule | None = None) -> PilotSelection:
-    """Apply the preregistered rule to ``pilot_table``'s candidates."""
+def select_settings(
+    table: pd.DataFrame, rule: SelectionRule | None = None, keep: Sequence[tuple[str, float]] = ()
+) -> PilotSelection:
+    """Apply the preregistered rule to ``pilot_table``'s candidates.
+
+    ``keep`` lists (task, learning rate) settings chosen earlier, on which the study already runs: they stay
+    chosen, first and in that order, whatever later candidates show, and the rule fills the remaining slots
+    (the second amendment of 2026-12-01). A kept setting must be a qualifying candidate of ``table``."""
     rule = rule or SelectionRule()
     qualifying = _selection_order(table[table["qualifies"]])
     chosen: list[int] = []
     slots: set[tuple[Any, ...]] = set()
+    for task, learning_rate in keep:
+        match = qualifying[(qualifying["task"] == task) & np.isclose(qualifying["learning_rate"], learning_rate)]
+        if match.empty:
+            allowed = ", ".join(f"{row.task}:{row.learning_rate:g}" for row in qualifying.itertuples()) or "none"
+            raise ValueError(
+                f"keep: {task} at lr {learning_rate:g} is not a qualifying candidate; qualifying: {allowed}"
+            )
+        index = match.index[0]
+        row = qualifying.loc[index]
+        slot = (row["environment"], row["trunk"], row["learning_rate"])
+        if index in chosen or slot in slots:
+            raise ValueError(f"keep: {task} at lr {learning_rate:g} takes a slot already kept")
+        chosen.append(index)
+        slots.add(slot)
+    kept = len(chosen)
     for index, row in qualifying.iterrows():
+        if len(chosen) >= rule.count:
+            break
         slot = (row["environment"], row["trunk"], row["learning_rate"])
         if slot in slots:
             continue
         chosen.append(index)
         slots.add(slot)
-        if len(chosen) == rule.count:
-            break
     replaced = None
     separate = qualifying[qualifying["trunk"] == "separate"]
-    if chosen and not (table.loc[chosen, "trunk"] == "separate").any() and not separate.empty:
+    if len(chosen) > kept and not (table.loc[chosen, "trunk"] == "separate").any() and not separate.empty:
         third = chosen.pop()
         replaced = f"{table.loc[third, 'task']} at lr {table.loc[third, 'learning_rate']:g}"
         chosen.append(separate.index[0])
@@ -397,12 +418,14 @@ def format_pilot_report(selection: PilotSelection, runs_directory: Path | None =
     return "\n".join(lines) + "\n"
 
 
-def write_pilot_report(directory: Path, output: Path, name: str = "pilot") -> PilotSelection:
+def write_pilot_report(
+    directory: Path, output: Path, name: str = "pilot", keep: Sequence[tuple[str, float]] = ()
+) -> PilotSelection:
     """``pilot_table`` and ``select_settings`` of the PPO runs under ``directory``, as CSV and Markdown."""
     runs = load_runs(directory)
     if runs.empty:
         raise SystemExit(f"no run files under {directory}")
-    selection = select_settings(pilot_table(runs))
+    selection = select_settings(pilot_table(runs), keep=keep)
     output.mkdir(parents=True, exist_ok=True)
     selection.table.to_csv(output / f"{name}.csv", index=False)
     selection.chosen.to_csv(output / f"{name}_chosen.csv", index=False)
