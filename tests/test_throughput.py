@@ -30,25 +30,27 @@ def test_throughput_trains_both_engines_and_profiles_a_group(tmp_path: Path) -> 
                 "1",
                 "2",
                 "--compile",
+                "--compiled-only",
+                "--profile-timesteps",
+                "512",
             ]
         )
         == 0
     )
     result = json.loads((output / "throughput.json").read_text())
     # 8 environments × 32-step rollouts past 256 steps: every run trains to 1 024 steps
-    assert (result["batched"]["runs"], result["batched_compiled"]["runs"], result["sb3"]["runs"]) == (4, 4, 2)
-    assert result["batched"]["steps"] == result["batched_compiled"]["steps"] == 4 * 1024
+    # --compiled-only: the compiled step alone
+    assert "batched" not in result and (result["batched_compiled"]["runs"], result["sb3"]["runs"]) == (4, 2)
+    assert result["batched_compiled"]["steps"] == 4 * 1024
     assert result["sb3"]["steps"] == 2 * 1024
-    for engine in ("batched", "batched_compiled", "sb3"):
+    for engine in ("batched_compiled", "sb3"):
         entry = result[engine]
         assert entry["cpu_seconds"] > 0 and entry["steps_per_cpu_second"] == entry["steps"] / entry["cpu_seconds"]
-    ratio = result["batched"]["steps_per_cpu_second"] / result["sb3"]["steps_per_cpu_second"]
-    assert result["ratio_per_cpu_second"] == pytest.approx(ratio)
     compiled = result["batched_compiled"]["steps_per_cpu_second"] / result["sb3"]["steps_per_cpu_second"]
     assert result["ratio_per_cpu_second_compiled"] == pytest.approx(compiled)
     profile = result["profile"]
     # the grid's first group: ppo and logit share one, cut into groups of at most 2 agents
-    assert profile["agents"] == 2 and profile["algorithms"] == ["ppo"]
+    assert profile["agents"] == 2 and profile["algorithms"] == ["ppo"] and profile["timesteps"] == 512
     assert 0 < profile["environment_step_seconds"] < profile["collect_rollout_seconds"]
     shares = profile["collect_rollout_share"] + profile["update_share"] + profile["evaluate_share"]
     assert 0.8 < shares <= 1.0
@@ -62,5 +64,21 @@ def test_throughput_trains_both_engines_and_profiles_a_group(tmp_path: Path) -> 
     assert set(minibatch["step_without_profiler_ms"]) == {"eager", "compiled"}
     assert all(value > 0 for value in minibatch["step_without_profiler_ms"].values())
     markdown = (output / "throughput.md").read_text()
-    assert "| batched | 4 | 4,096 |" in markdown and "| batched, compiled step | 4 | 4,096 |" in markdown
-    assert result["settings"]["compile_step"] is True
+    assert "| batched, compiled step | 4 | 4,096 |" in markdown and "| batched |" not in markdown
+    assert result["settings"]["compile_step"] is True and result["settings"]["compiled_only"] is True
+
+
+def test_throughput_of_the_eager_engine(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    arguments = ["throughput", "--output", str(output), "--algorithms", "ppo", "--seeds", "0", "1", "--workers", "1"]
+    with pytest.raises(SystemExit, match="--compiled-only needs --compile"):
+        main([*arguments, "--compiled-only"])
+    sizes = ["--timesteps", "256", "--sb3-seeds", "1", "--group-size", "2", "--scaling-sizes", "1"]
+    assert main([*arguments, *sizes]) == 0
+    result = json.loads((output / "throughput.json").read_text())
+    assert "batched_compiled" not in result and (result["batched"]["runs"], result["sb3"]["runs"]) == (2, 1)
+    ratio = result["batched"]["steps_per_cpu_second"] / result["sb3"]["steps_per_cpu_second"]
+    assert result["ratio_per_cpu_second"] == pytest.approx(ratio)
+    assert result["profile"]["timesteps"] == 256 and "step_without_profiler_ms" not in result["minibatch"]
+    markdown = (output / "throughput.md").read_text()
+    assert "| batched | 2 | 2,048 |" in markdown and f"Batched / SB3: ×{ratio:.1f} per CPU-second" in markdown

@@ -1,6 +1,7 @@
 """Many PPO agents trained in lock-step in one process, with ``VariantPPO``'s own loss."""
 
 from sb3_ppo_variants.batched.acrobot import AcrobotAgents
+from sb3_ppo_variants.batched.minatar import MinAtarAgents
 from sb3_ppo_variants.batched.network import StackedActorCritic
 from sb3_ppo_variants.batched.optim import StackedAdam, clip_grad_norms
 from sb3_ppo_variants.batched.rollout import (
@@ -26,6 +27,7 @@ __all__ = [
     "Arm",
     "BatchedPPO",
     "CartPoleAgents",
+    "MinAtarAgents",
     "StackedActorCritic",
     "StackedAdam",
     "StackedRollout",

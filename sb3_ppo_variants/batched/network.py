@@ -1,4 +1,5 @@
-"""Many actor-critic MLPs as one: SB3 ``MlpPolicy`` parameters stacked on a leading agent axis."""
+"""Many actor-critics as one: SB3 ``MlpPolicy`` (or shared ``MlpTrunk`` / ``MinAtarCNN``) parameters stacked on a
+leading agent axis."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 # the parts of SB3's ActorCriticPolicy, by state-dict prefix, and its initialisation gains (ortho_init=True)
 TRUNK = "features_extractor.trunk"
 """``policies.MlpTrunk``'s layers (``Linear`` at odd indices, after ``Flatten``), shared by actor and critic."""
+CONV = "features_extractor.conv"
+"""``policies.MinAtarCNN``'s convolution (``Conv2d`` at index 0), then ReLU."""
+DENSE = "features_extractor.linear"
+"""``policies.MinAtarCNN``'s fully connected layer (``Linear`` at index 1, after ``Flatten``), then ReLU."""
 ACTOR = "mlp_extractor.policy_net"
 CRITIC = "mlp_extractor.value_net"
 ORTHOGONAL_GAINS = {
@@ -51,6 +56,16 @@ def _linear(inputs: th.Tensor, weight: th.Tensor, bias: th.Tensor) -> th.Tensor:
     return th.baddbmm(bias.unsqueeze(1), inputs, weight.transpose(1, 2))
 
 
+def _convolution(inputs: th.Tensor, weight: th.Tensor, bias: th.Tensor) -> th.Tensor:
+    """A valid, stride-1 ``Conv2d`` for every agent: inputs ``(S, B, C, H, W)``, weight ``(S, F, C, k, k)``, bias
+    ``(S, F)``; ``(S, B, F, H − k + 1, W − k + 1)``. One grouped convolution, the agents as groups."""
+    agents, batch, channels, height, width = inputs.shape
+    filters = weight.shape[1]
+    grouped = inputs.transpose(0, 1).reshape(batch, agents * channels, height, width)
+    outputs = th.nn.functional.conv2d(grouped, weight.flatten(0, 1), bias.flatten(), groups=agents)
+    return outputs.view(batch, agents, filters, *outputs.shape[2:]).transpose(0, 1)
+
+
 def _layers(names: Sequence[str], prefix: str) -> list[str]:
     """The ``Linear`` layers under ``prefix``, in order (``prefix.<index>``)."""
     layers = {name.rsplit(".", 1)[0] for name in names if name.startswith(prefix + ".") and name.endswith(".weight")}
@@ -58,19 +73,22 @@ def _layers(names: Sequence[str], prefix: str) -> list[str]:
 
 
 class StackedActorCritic:
-    """``S`` independent actor-critics with tanh hidden layers, each one SB3 ``ActorCriticPolicy``.
+    """``S`` independent actor-critics, each one SB3 ``ActorCriticPolicy``.
 
-    Two shapes, SB3's ``MlpPolicy`` (a separate actor and critic, ``net_arch=dict(pi=[64, 64], vf=[64, 64])``)
-    and the shared trunk of ``policies.MlpTrunk`` with ``net_arch=[]``. ``parameters`` maps SB3's state-dict
+    Three shapes: SB3's ``MlpPolicy`` (a separate actor and critic with tanh hidden layers,
+    ``net_arch=dict(pi=[64, 64], vf=[64, 64])``), the shared tanh trunk of ``policies.MlpTrunk`` with
+    ``net_arch=[]``, and the shared ReLU network of ``policies.MinAtarCNN`` with ``net_arch=[]`` on channel-last
+    ``(H, W, C)`` images (``image_shape``), observations arriving flattened. ``parameters`` maps SB3's state-dict
     names (``mlp_extractor.policy_net.0.weight``, ``action_net.bias``, …) to tensors with the agents on the
     first axis, so agent ``k``'s network is SB3's with ``parameters[name][k]``. They are views of one
     ``(S, P)`` tensor, ``flat``, the leaf that the optimiser steps and the gradient lands on: one
     operation updates every parameter of every agent.
 
     :param parameters: the stacked parameters, by SB3's names.
+    :param image_shape: ``(H, W, C)`` of the observations, needed with ``MinAtarCNN``'s parameters.
     """
 
-    def __init__(self, parameters: dict[str, th.Tensor]) -> None:
+    def __init__(self, parameters: dict[str, th.Tensor], image_shape: Sequence[int] | None = None) -> None:
         first = next(iter(parameters.values()))
         self.flat = th.cat([tensor.detach().reshape(first.shape[0], -1) for tensor in parameters.values()], dim=1)
         self._layout: dict[str, tuple[int, int, tuple[int, ...]]] = {}
@@ -81,6 +99,11 @@ class StackedActorCritic:
             offset += size
         names = list(parameters)
         self.trunk_layers = _layers(names, TRUNK)
+        self.conv_layers = _layers(names, CONV)
+        self.dense_layers = _layers(names, DENSE)
+        if self.conv_layers and (image_shape is None or len(image_shape) != 3):
+            raise ValueError(f"image_shape must be the (H, W, C) of the observations, got {image_shape!r}")
+        self.image_shape = tuple(image_shape) if self.conv_layers and image_shape is not None else None
         self.actor_layers = _layers(names, ACTOR)
         self.critic_layers = _layers(names, CRITIC)
 
@@ -111,6 +134,9 @@ class StackedActorCritic:
         generators: Sequence[th.Generator],
         hidden_sizes: Sequence[int] = (64, 64),
         shared_trunk: bool = False,
+        image_shape: Sequence[int] | None = None,
+        n_filters: int = 16,
+        features_dim: int = 128,
     ) -> StackedActorCritic:
         """Orthogonal weights with SB3's gains and zero biases, agent ``k`` drawn from ``generators[k]`` only.
 
@@ -119,15 +145,24 @@ class StackedActorCritic:
         :param generators: one torch generator per agent.
         :param hidden_sizes: hidden layer widths (of the trunk, or of each of the actor and the critic).
         :param shared_trunk: ``MlpTrunk`` shared by both heads instead of a separate actor and critic.
+        :param image_shape: ``(H, W, C)``: ``MinAtarCNN`` (``n_filters`` 3×3 filters, a ``features_dim`` layer)
+            shared by both heads; ``hidden_sizes`` and ``shared_trunk`` are then not used.
         """
-        shapes: dict[str, tuple[int, int]] = {}
-        for net, first in ((TRUNK, 1),) if shared_trunk else ((ACTOR, 0), (CRITIC, 0)):
-            size = observation_size
-            for index, width in enumerate(hidden_sizes):
-                shapes[f"{net}.{first + 2 * index}"] = (width, size)
-                size = width
-        shapes["action_net"] = (n_actions, hidden_sizes[-1])
-        shapes["value_net"] = (1, hidden_sizes[-1])
+        shapes: dict[str, tuple[int, ...]] = {}
+        if image_shape is not None:
+            height, width, channels = image_shape
+            shapes[f"{CONV}.0"] = (n_filters, channels, 3, 3)
+            shapes[f"{DENSE}.1"] = (features_dim, n_filters * (height - 2) * (width - 2))
+            last = features_dim
+        else:
+            for net, first in ((TRUNK, 1),) if shared_trunk else ((ACTOR, 0), (CRITIC, 0)):
+                size = observation_size
+                for index, width in enumerate(hidden_sizes):
+                    shapes[f"{net}.{first + 2 * index}"] = (width, size)
+                    size = width
+            last = hidden_sizes[-1]
+        shapes["action_net"] = (n_actions, last)
+        shapes["value_net"] = (1, last)
         parameters: dict[str, th.Tensor] = {}
         for layer, shape in shapes.items():
             gain = ORTHOGONAL_GAINS[layer.split(".")[0]]
@@ -138,22 +173,26 @@ class StackedActorCritic:
                 weights.append(weight)
             parameters[f"{layer}.weight"] = th.stack(weights)
             parameters[f"{layer}.bias"] = th.zeros(len(generators), shape[0])
-        return cls(parameters)
+        return cls(parameters, image_shape)
 
     @classmethod
     def from_policies(cls, policies: Sequence[ActorCriticPolicy]) -> StackedActorCritic:
-        """The networks of SB3 policies of one of the two shapes, stacked in order."""
+        """The networks of SB3 policies of one of the three shapes, stacked in order."""
         states = []
         for policy in policies:
             state = policy.state_dict()
             if not policy.share_features_extractor and any(name.startswith(_ALIASES) for name in state):
                 raise ValueError("a features extractor with weights must be shared by the actor and the critic")
             states.append({name: tensor for name, tensor in state.items() if not name.startswith(_ALIASES)})
-        known = (f"{TRUNK}.", f"{ACTOR}.", f"{CRITIC}.", "action_net.", "value_net.")
+        known = (f"{TRUNK}.", f"{CONV}.", f"{DENSE}.", f"{ACTOR}.", f"{CRITIC}.", "action_net.", "value_net.")
         unknown = [name for name in states[0] if not name.startswith(known)]
         if unknown:
-            raise ValueError(f"parameters outside an MlpPolicy or MlpTrunk actor-critic: {unknown}")
-        return cls({name: th.stack([state[name].detach().clone() for state in states]) for name in states[0]})
+            raise ValueError(f"parameters outside an MlpPolicy, MlpTrunk or MinAtarCNN actor-critic: {unknown}")
+        shape = policies[0].observation_space.shape
+        return cls(
+            {name: th.stack([state[name].detach().clone() for state in states]) for name in states[0]},
+            shape if shape is not None and len(shape) == 3 else None,
+        )
 
     def agent_state_dict(self, agent: int) -> dict[str, th.Tensor]:
         """Agent ``agent``'s parameters by SB3's names (``policy.load_state_dict(…, strict=False)`` loads them)."""
@@ -181,12 +220,31 @@ class StackedActorCritic:
     def _head(parameters: dict[str, th.Tensor], head: str, latent: th.Tensor) -> th.Tensor:
         return _linear(latent, parameters[f"{head}.weight"], parameters[f"{head}.bias"])
 
+    def _features(
+        self, parameters: dict[str, th.Tensor], observations: th.Tensor, pre_activations: list[th.Tensor]
+    ) -> th.Tensor:
+        """The features extractor's output: the observations flattened, through the shared trunk if any."""
+        if not self.conv_layers:
+            return self._hidden(parameters, self.trunk_layers, observations.flatten(2), pre_activations)
+        assert self.image_shape is not None
+        agents, batch = observations.shape[:2]
+        # channel-last (H, W, C) to (C, H, W) in float, as MinAtarCNN computes
+        inputs = observations.reshape(agents, batch, *self.image_shape).permute(0, 1, 4, 2, 3)
+        inputs = inputs.to(self.flat.dtype)
+        for layer in self.conv_layers:
+            inputs = th.relu(_convolution(inputs, parameters[f"{layer}.weight"], parameters[f"{layer}.bias"]))
+        inputs = inputs.flatten(2)
+        for layer in self.dense_layers:
+            pre_activations.append(_linear(inputs, parameters[f"{layer}.weight"], parameters[f"{layer}.bias"]))
+            inputs = th.relu(pre_activations[-1])
+        return inputs
+
     def forward_with_features(self, observations: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """Logits, values and PFO's ``φ(s)``, ``(S, B, width)``: the pre-activations of the actor's last hidden
         layer (its own, or the shared trunk's last), the layer ``VariantPPO``'s ``feature_drift_coef`` reads."""
         parameters = self.parameters
         pre_activations: list[th.Tensor] = []
-        features = self._hidden(parameters, self.trunk_layers, observations.flatten(2), pre_activations)
+        features = self._features(parameters, observations, pre_activations)
         latent_pi = self._hidden(parameters, self.actor_layers, features, pre_activations)
         logits = self._head(parameters, "action_net", latent_pi)
         values = self._head(parameters, "value_net", self._hidden(parameters, self.critic_layers, features, []))
@@ -200,6 +258,6 @@ class StackedActorCritic:
     def values(self, observations: th.Tensor) -> th.Tensor:
         """``V(s)`` only, ``(S, B)``."""
         parameters = self.parameters
-        features = self._hidden(parameters, self.trunk_layers, observations.flatten(2), [])
+        features = self._features(parameters, observations, [])
         latent_vf = self._hidden(parameters, self.critic_layers, features, [])
         return self._head(parameters, "value_net", latent_vf).squeeze(-1)

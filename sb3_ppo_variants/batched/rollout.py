@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch as th
 from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
 from gymnasium.vector import VectorEnv
 
 from sb3_ppo_variants.batched.acrobot import AcrobotAgents
+from sb3_ppo_variants.batched.minatar import MINATAR_IDS, MinAtarAgents
 
 
 class CartPoleAgents(CartPoleVectorEnv):
@@ -60,23 +62,30 @@ class CartPoleAgents(CartPoleVectorEnv):
         )  # type: ignore[union-attr]
 
 
-def agents_environment(env_id: str, seeds: Sequence[int], max_episode_steps: int = 500) -> VectorEnv:
+def agents_environment(env_id: str, seeds: Sequence[int], max_episode_steps: int | None = None) -> VectorEnv:
     """The vectorised environment of ``env_id`` with one sub-environment per seed, in SB3's ``VecEnv``
-    conventions: ``CartPoleAgents`` or ``acrobot.AcrobotAgents``.
+    conventions: ``CartPoleAgents``, ``acrobot.AcrobotAgents`` or ``minatar.MinAtarAgents``.
 
+    :param max_episode_steps: truncation; ``None``: the gymnasium registration's (500 for ``CartPole-v1`` and
+        ``Acrobot-v1``, none for MinAtar).
     :raises ValueError: for an id without a vectorised environment here (``AGENT_ENVIRONMENTS``).
     """
+    if env_id in MINATAR_IDS:
+        return MinAtarAgents(env_id, seeds, max_episode_steps)
     environments: dict[str, type[CartPoleAgents] | type[AcrobotAgents]] = {
         "CartPole-v1": CartPoleAgents,
         "Acrobot-v1": AcrobotAgents,
     }
     if env_id not in environments:
         raise ValueError(f"no vectorised {env_id} for the batched engine; it has {', '.join(AGENT_ENVIRONMENTS)}")
+    if max_episode_steps is None:
+        max_episode_steps = gym.spec(env_id).max_episode_steps
+        assert max_episode_steps is not None
     return environments[env_id](seeds, max_episode_steps=max_episode_steps)
 
 
-AGENT_ENVIRONMENTS = ("CartPole-v1", "Acrobot-v1")
-"""The gymnasium ids ``agents_environment`` builds."""
+AGENT_ENVIRONMENTS = ("CartPole-v1", "Acrobot-v1", *MINATAR_IDS)
+"""The gymnasium ids ``agents_environment`` builds (MinAtar's with the ``bench`` extra)."""
 
 
 def generalized_advantages(

@@ -424,8 +424,11 @@ class BatchedPPO:
     :param options: the loss options shared by every agent (``LossOptions``; its clip ranges are constant).
     :param agent_options: per-agent values of the options in ``AGENT_OPTIONS``, by name, one per agent.
     :param shared_trunk: the actor and the critic share ``policies.MlpTrunk`` (64-64) with linear heads, as the
-        collapse study's ``-shared`` tasks; ``False``: SB3's ``MlpPolicy``, a separate 64-64 actor and critic
-    :param max_episode_steps: truncation of the episodes (``CartPole-v1`` and ``Acrobot-v1``: 500)
+        collapse study's ``-shared`` tasks; with MinAtar's images, ``policies.MinAtarCNN`` shared by both heads
+        (``net_arch=[]``); ``False``: SB3's ``MlpPolicy``, a separate 64-64 actor and critic (on the flattened
+        images for MinAtar).
+    :param max_episode_steps: truncation of the episodes; ``None``: the gymnasium registration's (``CartPole-v1``
+        and ``Acrobot-v1``: 500; MinAtar: none)
     :param env_id: the environment, one of ``rollout.AGENT_ENVIRONMENTS``
     :param adam_betas: Adam's ``(β1, β2)``, SB3's by default
     :param adam_eps: Adam's ``ε``, SB3's PPO's by default (SB3 keeps torch's 1e-8 when ``optimizer_kwargs`` are given)
@@ -463,7 +466,7 @@ class BatchedPPO:
         options: LossOptions | None = None,
         agent_options: Mapping[str, Sequence[float]] | None = None,
         shared_trunk: bool = False,
-        max_episode_steps: int = 500,
+        max_episode_steps: int | None = None,
         env_id: str = "CartPole-v1",
         adam_betas: tuple[float, float] = (0.9, 0.999),
         adam_eps: float = 1e-5,
@@ -510,10 +513,11 @@ class BatchedPPO:
         observation_shape = self.env.single_observation_space.shape
         assert observation_shape is not None
         observation_size = int(np.prod(observation_shape))
+        image_shape = observation_shape if shared_trunk and len(observation_shape) == 3 else None
         n_actions = int(self.env.single_action_space.n)  # type: ignore[attr-defined]
         if network is None:
             network = StackedActorCritic.initialise(
-                observation_size, n_actions, self.generators, shared_trunk=shared_trunk
+                observation_size, n_actions, self.generators, shared_trunk=shared_trunk, image_shape=image_shape
             )
         self.network = network.to(self.device).requires_grad_()
         self.learning_rate_schedules = _learning_rate_schedules(learning_rate, n_agents)

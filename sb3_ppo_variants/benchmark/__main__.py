@@ -41,7 +41,7 @@ from sb3_ppo_variants.benchmark.algorithms import (
 )
 from sb3_ppo_variants.benchmark.batched_runs import GROUP_SIZE
 from sb3_ppo_variants.benchmark.executors import available_cores
-from sb3_ppo_variants.benchmark.tasks import TASKS
+from sb3_ppo_variants.benchmark.tasks import LEARNING_TASKS, TASKS
 from sb3_ppo_variants.benchmark.throughput import SCALING_SIZES
 
 DEFAULT_RUNS = Path("benchmark_runs")
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     subcommands = parser.add_subparsers(dest="command", required=True)
 
     learn = subcommands.add_parser("learn", help="learning curves of every algorithm on every task")
-    _add_run_arguments(learn, list(TASKS))
+    _add_run_arguments(learn, list(LEARNING_TASKS))
     learn.add_argument("--lr-scales", nargs="+", type=float, default=[1.0], help="learning-rate multipliers")
 
     collapse = subcommands.add_parser("collapse", help="step-size sweep: the learning runs at larger learning rates")
@@ -233,6 +233,17 @@ def main(argv: list[str] | None = None) -> int:
     throughput.add_argument(
         "--compile", action="store_true", help="also train the batched engine's grid with its step compiled"
     )
+    throughput.add_argument(
+        "--compiled-only",
+        action="store_true",
+        help="with --compile, train the batched grid with its compiled step only (long budgets)",
+    )
+    throughput.add_argument(
+        "--profile-timesteps",
+        type=_positive_int,
+        default=None,
+        help="steps per agent of the profiled first group (default: --timesteps)",
+    )
     pilot = subcommands.add_parser("pilot", help="the powered study's settings, chosen from PPO's pilot runs")
     pilot.add_argument("--runs", type=Path, required=True, help="directory of PPO's pilot runs")
     pilot.add_argument("--output", type=Path, required=True, help="directory for <name>.csv and <name>.md")
@@ -295,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         from sb3_ppo_variants.benchmark.runs import run_grid
 
         th.set_num_threads(args.threads)
-        default_tasks = list(TASKS) if args.command == "learn" else ["CartPole-v1"]
+        default_tasks = list(LEARNING_TASKS) if args.command == "learn" else ["CartPole-v1"]
         tasks = _parse_tasks(args.tasks, default_tasks)
         algorithms = parse_algorithms(args.algorithms, LEARNING_ALGORITHMS)
         grid_arguments = (args.runs, tasks, algorithms, args.seeds, args.lr_scales, args.timesteps)
@@ -394,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "throughput":
         from sb3_ppo_variants.benchmark.throughput import STUDY_ARMS, run_throughput, throughput_markdown
 
+        if args.compiled_only and not args.compile:
+            raise SystemExit("--compiled-only needs --compile")
         result = run_throughput(
             args.output,
             _parse_tasks([args.task], [])[0],
@@ -406,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
             args.group_size,
             tuple(args.scaling_sizes),
             args.compile,
+            args.compiled_only,
+            args.profile_timesteps,
         )
         print(throughput_markdown(result), end="")
     elif args.command == "pilot":

@@ -32,12 +32,15 @@ from sb3_ppo_variants.benchmark.executors import Executor, InProcess, ProcessPoo
 from sb3_ppo_variants.benchmark.progress import GridProgress
 from sb3_ppo_variants.benchmark.runs import Run, grid, make_training_env, write_run
 from sb3_ppo_variants.benchmark.tasks import TASKS, Task
+from sb3_ppo_variants.policies import MinAtarCNN
 
 GROUP_SIZE = 64
 """Agents per group by default: past about 50 agents a 64-64 MLP's step costs the same per agent on one core,
 and a smaller group loses less when it is interrupted."""
 _STACKABLE_MODULES = (nn.Linear, nn.Flatten, nn.Identity, nn.Tanh)
-"""The leaf modules of the networks ``StackedActorCritic`` reproduces."""
+"""The leaf modules of the tanh networks ``StackedActorCritic`` reproduces (and ``MinAtarCNN``'s, with
+``_CNN_MODULES``)."""
+_CNN_MODULES = (nn.Conv2d, nn.ReLU)
 
 
 class RefusedArms(ValueError):
@@ -85,35 +88,40 @@ def _environment_refusal(task: Task) -> str | None:
 def _network_refusal(model: Any) -> tuple[str | None, bool]:
     """Why ``StackedActorCritic`` cannot be this model's network (or ``None``), and whether its trunk is shared."""
     policy = model.policy
+    cnn = isinstance(policy.features_extractor, MinAtarCNN)
     others = sorted(
         {
             type(module).__name__
             for module in policy.modules()
             if not list(module.children()) and not isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict))
         }
-        - {module.__name__ for module in _STACKABLE_MODULES}
+        - {module.__name__ for module in _STACKABLE_MODULES + (_CNN_MODULES if cnn else ())}
     )
     if others:
-        return f"the network has {', '.join(others)} layers; the batched engine stacks tanh MLPs only", False
+        return (
+            f"the network has {', '.join(others)} layers; the batched engine stacks tanh MLPs and MinAtarCNN only",
+            False,
+        )
     if not getattr(policy, "ortho_init", False):
         return "the policy is not initialised orthogonally (ortho_init=False)", False
     try:
         reference = StackedActorCritic.from_policies([policy])
     except ValueError as error:
         return str(error), False
-    shared_trunk = bool(reference.trunk_layers)
+    shared_trunk = bool(reference.trunk_layers or reference.conv_layers)
     stacked = StackedActorCritic.initialise(
         int(th.Size(model.observation_space.shape).numel()),
         int(model.action_space.n),
         [th.Generator()],
         shared_trunk=shared_trunk,
+        image_shape=reference.image_shape,
     )
     shapes = {name: tuple(tensor.shape[1:]) for name, tensor in reference.parameters.items()}
     expected = {name: tuple(tensor.shape[1:]) for name, tensor in stacked.parameters.items()}
     if shapes != expected:
         return (
-            "the network is neither SB3's 64-64 MlpPolicy nor a shared 64-64 MlpTrunk, the shapes the batched "
-            "engine stacks",
+            "the network is neither SB3's 64-64 MlpPolicy, nor a shared 64-64 MlpTrunk, nor a shared MinAtarCNN "
+            "(16 filters, 128 features, net_arch=[]), the shapes the batched engine stacks",
             shared_trunk,
         )
     return None, shared_trunk

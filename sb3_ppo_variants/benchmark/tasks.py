@@ -10,12 +10,12 @@ for 7 algorithms × 5 seeds, and the results say so.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stable_baselines3.common.utils import LinearSchedule
 
-from sb3_ppo_variants.policies import MlpTrunk
+from sb3_ppo_variants.policies import MinAtarCNN, MlpTrunk
 
 
 def linear(initial_value: float) -> LinearSchedule:
@@ -138,6 +138,21 @@ TASKS: dict[str, Task] = {
         threshold=5.0,
     ),
 }
+
+
+LEARNING_TASKS: tuple[str, ...] = tuple(TASKS)
+"""The learning benchmark's tasks, ``learn``'s default."""
+
+
+# MinAtar Breakout with the shared CNN of the MinAtar paper (policies.MinAtarCNN, linear heads), the batched
+# engine's image task; otherwise the MLP task's values
+TASKS["MinAtar/Breakout-v1-cnn"] = replace(
+    TASKS["MinAtar/Breakout-v1"],
+    hyperparameters={
+        **TASKS["MinAtar/Breakout-v1"].hyperparameters,
+        "policy_kwargs": dict(features_extractor_class=MinAtarCNN, net_arch=[]),
+    },
+)
 
 
 # The collapse pilot (docs/benchmarks.md): classic control at large constant step sizes, several epochs of

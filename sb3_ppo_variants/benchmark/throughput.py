@@ -172,7 +172,7 @@ def profile_group(
     trainer, wall_seconds = train_group(group_arms, runs, timesteps)
     profiler.disable()
     statistics = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
-    env_class = type(trainer.env).__name__
+    env_file = {"AcrobotAgents": "acrobot", "CartPoleAgents": "cartpole", "MinAtarAgents": "batched/minatar"}
 
     def cumulative(function_name: str, class_file: str | None = None) -> float:
         return sum(
@@ -183,7 +183,7 @@ def profile_group(
 
     parts = {
         "collect_rollout": cumulative("collect_rollout", "batched"),
-        "environment_step": cumulative("step", "acrobot" if "Acrobot" in env_class else "cartpole"),
+        "environment_step": cumulative("step", env_file[type(trainer.env).__name__]),
         "update": cumulative("update", "batched"),
         "evaluate": cumulative("_record_evaluation", "batched"),
     }
@@ -210,16 +210,22 @@ def measure_throughput(
     workers: int,
     group_size: int,
     compile_step: bool = False,
+    compiled_only: bool = False,
 ) -> dict[str, Any]:
     """Both engines on the grid; steps, seconds and steps per CPU-second each, and their ratio; with
     ``compile_step`` the batched engine a second time with its step compiled (``batched_compiled``), its
-    compilations included."""
+    compilations included; with ``compiled_only`` as well, the compiled step only."""
     from sb3_ppo_variants.benchmark.batched_runs import run_batched_grid
     from sb3_ppo_variants.benchmark.runs import run_grid
 
+    engines = [("batched", False), ("batched_compiled", True)][: 1 + compile_step]
+    if compiled_only:
+        if not compile_step:
+            raise ValueError("compiled_only needs compile_step")
+        engines = engines[1:]
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as folder:
-        for engine, compiled in (("batched", False), ("batched_compiled", True))[: 1 + compile_step]:
+        for engine, compiled in engines:
             directory = Path(folder) / engine
             before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
             # each worker compiles in its own process, so that getrusage counts the compilations' CPU time, from
@@ -285,12 +291,13 @@ def throughput_markdown(result: dict[str, Any]) -> str:
                 f"| {label} | {entry['runs']} | {entry['steps']:,} | {entry['cpu_seconds']:.0f} | "
                 f"{entry['wall_seconds']:.0f} | {entry['steps_per_cpu_second']:,.0f} |"
             )
-    lines += [
-        "",
-        f"Batched / SB3: ×{result['ratio_per_cpu_second']:.1f} per CPU-second, ×{result['ratio_per_wall_second']:.1f} "
-        f"per wall-clock second; the batched engine's largest worker peaked at "
-        f"{result['batched']['peak_worker_rss_gib']:.2f} GiB resident.",
-    ]
+    lines.append("")
+    if "batched" in result:
+        lines.append(
+            f"Batched / SB3: ×{result['ratio_per_cpu_second']:.1f} per CPU-second, "
+            f"×{result['ratio_per_wall_second']:.1f} per wall-clock second; the batched engine's largest worker "
+            f"peaked at {result['batched']['peak_worker_rss_gib']:.2f} GiB resident."
+        )
     if "batched_compiled" in result:
         cpu, wall = result["ratio_per_cpu_second_compiled"], result["ratio_per_wall_second_compiled"]
         lines.append(
@@ -353,14 +360,27 @@ def run_throughput(
     group_size: int,
     scaling_sizes: tuple[int, ...] = SCALING_SIZES,
     compile_step: bool = False,
+    compiled_only: bool = False,
+    profile_timesteps: int | None = None,
 ) -> dict[str, Any]:
     """Measure, profile, and write ``throughput.json`` and ``throughput.md`` into ``output``; with
-    ``compile_step`` the batched engine's compiled step too."""
+    ``compile_step`` the batched engine's compiled step too (alone with ``compiled_only``). The profile trains
+    the first group for ``profile_timesteps`` steps per agent (default: ``timesteps``)."""
     th.set_num_threads(1)
     result = measure_throughput(
-        task, algorithms, seeds, learning_rate_scale, timesteps, sb3_seeds, workers, group_size, compile_step
+        task,
+        algorithms,
+        seeds,
+        learning_rate_scale,
+        timesteps,
+        sb3_seeds,
+        workers,
+        group_size,
+        compile_step,
+        compiled_only,
     )
-    result["profile"] = profile_group(task, algorithms, seeds, learning_rate_scale, timesteps, group_size)
+    profile_timesteps = profile_timesteps or timesteps
+    result["profile"] = profile_group(task, algorithms, seeds, learning_rate_scale, profile_timesteps, group_size)
     result["minibatch"] = minibatch_profile(
         task, algorithms, seeds, learning_rate_scale, group_size, scaling_sizes, compile_step
     )
@@ -374,6 +394,8 @@ def run_throughput(
         "workers": workers,
         "group_size": group_size,
         "compile_step": compile_step,
+        "compiled_only": compiled_only,
+        "profile_timesteps": profile_timesteps,
     }
     result["provenance"] = provenance()
     output.mkdir(parents=True, exist_ok=True)
