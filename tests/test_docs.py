@@ -106,6 +106,13 @@ NOT_RUN_HERE = [
     ("docs/benchmarks.md", "#!/bin/bash", "a SLURM batch script: needs a SLURM cluster"),
     (
         "docs/benchmarks.md",
+        "# 2c. the second amendment",
+        "--keep names the two settings chosen from the pilot's own runs, which qualify only with those runs; "
+        "tests/test_extension_study.py::test_the_pilot_and_extension_commands_end_to_end runs pilot --keep, and "
+        "the collapse command is the pilot's of the block before with other tasks and --lr-scales",
+    ),
+    (
+        "docs/benchmarks.md",
         "python -m sb3_ppo_variants.benchmark throughput",
         "tests/test_throughput.py::test_throughput_trains_both_engines_and_profiles_a_group runs the same command "
         "on a smaller grid, --compile included",

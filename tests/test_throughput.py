@@ -25,7 +25,7 @@ def test_throughput_trains_both_engines_and_profiles_a_group(tmp_path: Path) -> 
                 "--workers",
                 "1",
                 "--group-size",
-                "2",
+                "4",
                 "--scaling-sizes",
                 "1",
                 "2",
@@ -49,15 +49,15 @@ def test_throughput_trains_both_engines_and_profiles_a_group(tmp_path: Path) -> 
     compiled = result["batched_compiled"]["steps_per_cpu_second"] / result["sb3"]["steps_per_cpu_second"]
     assert result["ratio_per_cpu_second_compiled"] == pytest.approx(compiled)
     profile = result["profile"]
-    # the grid's first group: ppo and logit share one, cut into groups of at most 2 agents
-    assert profile["agents"] == 2 and profile["algorithms"] == ["ppo"] and profile["timesteps"] == 512
+    # the grid's first group: ppo and logit share one, of 4 agents (one compilation)
+    assert profile["agents"] == 4 and profile["algorithms"] == ["ppo", "logit"] and profile["timesteps"] == 512
     assert 0 < profile["environment_step_seconds"] < profile["collect_rollout_seconds"]
     shares = profile["collect_rollout_share"] + profile["update_share"] + profile["evaluate_share"]
     assert 0.8 < shares <= 1.0
     assert result["settings"]["sb3_seeds"] == [0]
-    assert result["settings"]["group_size"] == 2
+    assert result["settings"]["group_size"] == 4
     minibatch = result["minibatch"]
-    assert minibatch["agents"] == 2 and minibatch["algorithms"] == ["ppo"]
+    assert minibatch["agents"] == 4 and minibatch["algorithms"] == ["ppo", "logit"]
     assert all(value > 0 for value in minibatch["phases_ms"].values())
     assert minibatch["step_ms"] == pytest.approx(sum(minibatch["phases_ms"].values()), abs=0.01)
     assert set(minibatch["per_agent_ms"]) == {"1", "2"} and all(minibatch["per_agent_ms"].values())
