@@ -43,7 +43,6 @@ from sb3_ppo_variants.collapse.events import (
     collapse_folder,
     start_csv,
 )
-from sb3_ppo_variants.collapse.explain import explain_collapse
 from sb3_ppo_variants.collapse.probe import ProbeSource
 from sb3_ppo_variants.collapse.rollback import RollbackToBest
 from sb3_ppo_variants.collapse.training_diagnostics import DiagnosticsTap, TrainingDiagnostics
@@ -310,6 +309,9 @@ class CollapseCallback(EventCallback):
         # from torch's global generator: a forked one leaves training as it would be unwatched.
         with th.random.fork_rng():
             if self.probe_size and (observations := self._collect_probe()) is not None:
+                # imported here: its tables need pandas, which the callbacks do not load until a collapse
+                from sb3_ppo_variants.collapse.explain import explain_collapse
+
                 explain_collapse(
                     event, self.save_dir, observations, self.ring, self.best_model_path, self.diagnose, self.verbose
                 )

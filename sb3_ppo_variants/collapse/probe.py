@@ -9,8 +9,6 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_ppo_variants.collapse import diagnosis
-
 __all__ = ["ProbeSource"]
 
 
@@ -38,6 +36,9 @@ class ProbeSource:
     ) -> np.ndarray | None:
         """``size`` states, or ``None`` when there is nothing to collect them from."""
         if env is not None and best_model_path is not None:
+            # imported here: its tables need pandas, which the callbacks do not load until a collapse
+            from sb3_ppo_variants.collapse import diagnosis
+
             best: BasePolicy | BaseAlgorithm
             try:
                 best = diagnosis.load_policy(best_model_path, device="cpu")
