@@ -113,9 +113,16 @@ NOT_RUN_HERE = [
     ),
     (
         "docs/benchmarks.md",
-        "python -m sb3_ppo_variants.benchmark throughput",
+        "python -m sb3_ppo_variants.benchmark throughput --output docs/results/throughput --compile",
         "tests/test_throughput.py::test_throughput_trains_both_engines_and_profiles_a_group runs the same command "
         "on a smaller grid, --compile included",
+    ),
+    (
+        "docs/benchmarks.md",
+        "python -m sb3_ppo_variants.benchmark throughput --output docs/results/throughput_minatar",
+        "tests/test_throughput.py::test_throughput_of_the_eager_engine runs the same command on CartPole-v1, and "
+        "tests/test_batched_minatar.py::test_one_update_gives_variant_ppos_parameters updates MinAtar Breakout's "
+        "agents with the shared CNN",
     ),
     (
         "docs/benchmarks.md",
