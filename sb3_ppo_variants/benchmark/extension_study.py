@@ -297,6 +297,11 @@ class PilotSelection:
         return not self.missing
 
 
+def _slot(candidate: pd.Series) -> tuple[Any, ...]:
+    """The rule's slot of a candidate: at most one chosen setting per (environment, trunk, learning rate)."""
+    return (candidate["environment"], candidate["trunk"], candidate["learning_rate"])
+
+
 def select_settings(
     table: pd.DataFrame, rule: SelectionRule | None = None, keep: Sequence[tuple[str, float]] = ()
 ) -> PilotSelection:
@@ -317,9 +322,8 @@ def select_settings(
                 f"keep: {task} at lr {learning_rate:g} is not a qualifying candidate; qualifying: {allowed}"
             )
         index = match.index[0]
-        row = qualifying.loc[index]
-        slot = (row["environment"], row["trunk"], row["learning_rate"])
-        if index in chosen or slot in slots:
+        slot = _slot(qualifying.loc[index])
+        if slot in slots:
             raise ValueError(f"keep: {task} at lr {learning_rate:g} takes a slot already kept")
         chosen.append(index)
         slots.add(slot)
@@ -327,7 +331,7 @@ def select_settings(
     for index, row in qualifying.iterrows():
         if len(chosen) >= rule.count:
             break
-        slot = (row["environment"], row["trunk"], row["learning_rate"])
+        slot = _slot(row)
         if slot in slots:
             continue
         chosen.append(index)
