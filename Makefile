@@ -9,10 +9,12 @@ APT_PACKAGES := postgresql
 
 setup: system-packages venv
 
+# --no-compile: pip would byte-compile every module of every package (about 100 CPU-seconds, most of them
+# torch's); Python compiles and caches the modules a command imports the first time it imports them.
 venv:
 	$(BASE_PYTHON) -m venv $(VENV)
-	$(PYTHON) -m pip install -r requirements/torch-cpu.txt
-	$(PYTHON) -m pip install ".[test,dev]"
+	$(PYTHON) -m pip install --no-compile -r requirements/torch-cpu.txt
+	$(PYTHON) -m pip install --no-compile ".[test,dev]"
 
 system-packages:
 	@if command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \

@@ -126,6 +126,13 @@ NOT_RUN_HERE = [
     ),
     (
         "docs/benchmarks.md",
+        "# the CPU cost of MinAtar Breakout with the shared CNN",
+        "a measurement (16 MinAtar agents, two rollouts and updates, about 30 CPU-seconds); "
+        "tests/test_batched_minatar.py::test_one_update_gives_variant_ppos_parameters builds and updates "
+        "BatchedPPO(shared_trunk=True) on MinAtar Breakout",
+    ),
+    (
+        "docs/benchmarks.md",
         "make pong",
         "trains Pong to 2M agent steps per algorithm (hours); "
         "tests/test_pong_resume.py::test_a_killed_zoo_run_continues_from_its_last_checkpoint kills a real zoo run, "

@@ -30,6 +30,9 @@ def plain(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[st
     root = tmp_path_factory.mktemp("plain_install")
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.pop("SB3_PPO_VARIANTS_NO_ZOO_HOOK", None)
+    # installed as make setup installs (pip's --no-compile), with the modules a command imports compiled once and
+    # cached, as on a user's machine
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", SDL_VIDEODRIVER="dummy", PIP_DISABLE_PIP_VERSION_CHECK="1")
     _run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(REPOSITORY), "-w", str(root / "wheel")], root, env
@@ -38,9 +41,20 @@ def plain(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[st
     _run([sys.executable, "-m", "venv", str(root / "venv")], root, env)
     python = root / "venv" / "bin" / "python"
     _run(
-        [str(python), "-m", "pip", "install", "-q", "-r", str(REPOSITORY / "requirements" / "torch-cpu.txt")], root, env
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-compile",
+            "-r",
+            str(REPOSITORY / "requirements" / "torch-cpu.txt"),
+        ],
+        root,
+        env,
     )
-    _run([str(python), "-m", "pip", "install", "-q", str(wheel)], root, env)
+    _run([str(python), "-m", "pip", "install", "-q", "--no-compile", str(wheel)], root, env)
     return python, wheel, env
 
 
