@@ -11,6 +11,7 @@ import pytest
 from scipy.stats import fisher_exact as scipy_fisher_exact
 from scipy.stats import mannwhitneyu
 from statsmodels.stats.contingency_tables import StratifiedTable
+from statsmodels.stats.proportion import confint_proportions_2indep
 
 from sb3_ppo_variants.benchmark.__main__ import main
 from sb3_ppo_variants.benchmark.collapse_study import CollapseDefinition
@@ -23,6 +24,7 @@ from sb3_ppo_variants.benchmark.extension_study import (
     mantel_haenszel,
     missing_kinds,
     pilot_table,
+    rate_ratio_interval,
     select_settings,
     training_return_series,
 )
@@ -298,6 +300,42 @@ def test_holm_runs_over_the_whole_family_with_missing_arms_at_one() -> None:
     assert adjusted[0] == pytest.approx(0.05) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.08)
 
 
+@pytest.mark.parametrize(
+    "counts",
+    [
+        (3, 40, 10, 45),
+        (12, 44, 21, 47),
+        (1, 50, 1, 50),
+        (40, 40, 20, 45),
+        (45, 45, 3, 49),
+        (0, 40, 10, 45),
+        (5, 40, 0, 45),
+    ],
+)
+def test_the_rate_ratio_interval_is_koopmans_score_interval(counts: tuple[int, int, int, int]) -> None:
+    arm_events, arm_runs, base_events, base_runs = counts
+    ratio, low, high = rate_ratio_interval(*counts)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expected = confint_proportions_2indep(*counts, method="score", compare="ratio", correction=False)
+    assert ratio == (pytest.approx((arm_events / arm_runs) / (base_events / base_runs)) if base_events else math.inf)
+    assert low == pytest.approx(max(float(expected[0]), 0.0), abs=1e-9, rel=1e-7)
+    assert high == pytest.approx(float(expected[1]), rel=1e-7)
+
+
+def test_the_rate_ratio_interval_at_the_boundaries() -> None:
+    # every run of both groups has the event: the score statistic is sqrt(n1 (1 - θ) / θ) below 1, so the lower
+    # bound solves (1 - θ) / θ = z² / n1
+    z = 1.959963984540054
+    ratio, low, high = rate_ratio_interval(50, 50, 50, 50)
+    assert ratio == 1.0 and low == pytest.approx(1 / (1 + z**2 / 50)) and high == pytest.approx(1 + z**2 / 50)
+    # swapping the groups inverts the interval
+    _, low, high = rate_ratio_interval(10, 45, 3, 40)
+    _, swapped_low, swapped_high = rate_ratio_interval(3, 40, 10, 45)
+    assert (low, high) == (pytest.approx(1 / swapped_high), pytest.approx(1 / swapped_low))
+    assert all(math.isnan(value) for value in rate_ratio_interval(0, 50, 0, 50))
+    assert all(math.isnan(value) for value in rate_ratio_interval(3, 0, 4, 50))
+
+
 def test_the_instability_test_is_scipys_mann_whitney_on_the_same_runs() -> None:
     values = {
         "ppo": [0.4, 0.5, 0.6, 0.7, 0.65],
@@ -369,6 +407,16 @@ def test_the_pilot_and_extension_commands_end_to_end(tmp_path: Path, capsys: pyt
     assert pooled["settings"].tolist() == [2] and pooled["odds_ratio"].iloc[0] < 1
     training = pd.read_csv(output / "extension_training_any_drop.csv")
     assert training["competent"].tolist() == [3, 3] and training["events"].tolist() == [0, 0]
+    effects = pd.read_csv(output / "extension_effects.csv").set_index(["task", "algorithm"])
+    logit = effects.loc[(SHARED, "logit")]
+    assert logit[["competent", "any_drop"]].tolist() == [5, 1] and logit["p_holm"] == pytest.approx(1.0)
+    assert logit["rate_ratio"] == pytest.approx((1 / 5) / (4 / 6))
+    assert (logit["rate_ratio_low"], logit["rate_ratio_high"]) == pytest.approx(rate_ratio_interval(1, 5, 4, 6)[1:])
+    instability = pd.read_csv(output / "extension_instability.csv").set_index(["task", "algorithm"])
+    assert logit["instability_iqm"] == pytest.approx(instability.loc[(SHARED, "logit"), "iqm"])
+    assert logit["reading"] == "no detectable difference at this sample size"
+    assert math.isnan(effects.loc[(SHARED, "ppo"), "rate_ratio"]) and effects.loc[(SHARED, "ppo"), "rate"] == 4 / 6
+    assert effects["final_score_iqm"].notna().all()
     cross_check = pd.read_csv(output / "extension_cross_check.csv")
     assert cross_check["task"].tolist() == [SHARED]
     assert cross_check[["engine_any_drop", "engine_competent", "sb3_any_drop", "sb3_competent"]].values.tolist() == [

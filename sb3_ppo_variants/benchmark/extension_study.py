@@ -26,7 +26,9 @@ Analysis (``write_extension_report``): per setting and arm, the rates of the bin
 intervals and Fisher's exact test against PPO; pooled over the settings, the Cochran–Mantel–Haenszel test
 (no continuity correction, as in ``power.py``) with the Mantel–Haenszel common odds ratio and its
 Robins–Breslow–Greenland 95 % interval; the instability fraction's IQM with rliable's stratified bootstrap
-interval and the two-sided Mann–Whitney U test against PPO. Holm's correction runs over the preregistered
+interval and the two-sided Mann–Whitney U test against PPO; as the effect size per setting, the ratio of
+each arm's any-drop rate to PPO's with Koopman's score interval (``effects_table``, descriptive: the tests are
+those above). Holm's correction runs over the preregistered
 arms (15): an arm without runs counts as p = 1, so the correction is never weaker than planned.
 """
 
@@ -507,6 +509,58 @@ def reading(p_holm: float, arm_effect: float, baseline_effect: float, alpha: flo
     return "no detectable difference at this sample size"
 
 
+def rate_ratio_interval(
+    arm_events: int, arm_runs: int, base_events: int, base_runs: int, level: float = 0.95
+) -> tuple[float, float, float]:
+    """The ratio of two binomial rates, ``(arm_events / arm_runs) / (base_events / base_runs)``, with Koopman's
+    (1984) score interval: the ratios θ whose score statistic
+    ``(p̂₁ − θ p̂₀) / sqrt(p̃₁(1 − p̃₁)/n₁ + θ² p̃₀(1 − p̃₀)/n₀)`` lies within the normal quantile, ``p̃₁ = θ p̃₀``
+    being the rates' maximum likelihood under that ratio. Unlike the log (Katz) interval it is defined when a
+    group has no events: the lower bound is 0 when the arm has none, the upper bound infinite when the baseline
+    has none; NaNs when neither has any, or a group has no runs."""
+    from scipy.optimize import brentq
+
+    k1, n1, k0, n0 = (int(value) for value in (arm_events, arm_runs, base_events, base_runs))
+    if n1 <= 0 or n0 <= 0 or k1 + k0 == 0:
+        return (math.nan, math.nan, math.nan)
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    p1, p0 = k1 / n1, k0 / n0
+
+    def score(log_ratio: float) -> float:
+        ratio = math.exp(log_ratio)
+        # the restricted maximum likelihood of the baseline's rate: the smaller root of
+        # θ(n₁ + n₀) p² − (θ(n₁ + k₀) + k₁ + n₀) p + (k₁ + k₀) = 0, in its cancellation-free form
+        b = ratio * (n1 + k0) + k1 + n0
+        c = k1 + k0
+        p0_tilde = 2 * c / (b + math.sqrt(max(b * b - 4 * ratio * (n1 + n0) * c, 0.0)))
+        p1_tilde = min(ratio * p0_tilde, 1.0)
+        variance = p1_tilde * (1 - p1_tilde) / n1 + ratio**2 * p0_tilde * (1 - p0_tilde) / n0
+        difference = p1 - ratio * p0
+        if variance <= 0:
+            return 0.0 if difference == 0 else math.copysign(math.inf, difference)
+        return difference / math.sqrt(variance)
+
+    # the statistic falls as the ratio grows, through 0 near the estimate; each bound is bracketed by stepping
+    # out from the estimate (with half an event for a group that has none) and found by Brent's method
+    centre = math.log(((k1 or 0.5) / n1) / ((k0 or 0.5) / n0))
+
+    def bound(level_score: float) -> float:
+        def f(log_ratio: float) -> float:
+            return score(log_ratio) - level_score
+
+        below, above = centre - 1.0, centre + 1.0
+        while f(below) <= 0:
+            below -= 2 * (centre - below)
+        while f(above) >= 0:
+            above += 2 * (above - centre)
+        return math.exp(brentq(f, below, above, xtol=1e-12))
+
+    ratio = p1 / p0 if k0 else math.inf
+    low = bound(z) if k1 else 0.0
+    high = bound(-z) if k0 else math.inf
+    return (ratio, low, high)
+
+
 def seed_ranges(seeds: Sequence[int]) -> str:
     """``0–11, 14`` for the seeds 0 to 11 and 14."""
     values = sorted(set(int(seed) for seed in seeds))
@@ -690,6 +744,58 @@ def instability_table(
         for row in rows_here:
             row.setdefault("p_holm", math.nan)
         rows += rows_here
+    return pd.DataFrame(rows)
+
+
+def effects_table(
+    primary: pd.DataFrame, instability: pd.DataFrame, scores: pd.DataFrame, baseline: str = BASELINE
+) -> pd.DataFrame:
+    """The answer in one table, per setting and algorithm: the any-drop rate, its ratio to the baseline's with
+    Koopman's score interval (``rate_ratio_interval``), Fisher's Holm-adjusted p and the reading (from
+    ``binary_table``), the instability fraction's IQM (``instability_table``) and the final score's IQM
+    (``score_intervals``), each with its 95 % interval."""
+    if primary.empty:
+        return pd.DataFrame()
+    key = [*SETTING, "algorithm"]
+    stability = instability.set_index(key) if not instability.empty else pd.DataFrame()
+    final = scores.set_index(key) if not scores.empty else pd.DataFrame()
+    base = primary[primary["algorithm"] == baseline].set_index(SETTING)
+    rows = []
+    for row in primary.itertuples():
+        setting = (row.task, row.learning_rate)
+        reference = base.loc[setting] if setting in base.index else None
+        if row.algorithm != baseline and reference is not None:
+            ratio = rate_ratio_interval(row.events, row.competent, reference["events"], reference["competent"])
+        else:
+            ratio = (math.nan, math.nan, math.nan)
+        here = (*setting, row.algorithm)
+        iqm = stability.loc[here, ["iqm", "iqm_low", "iqm_high"]] if here in stability.index else [math.nan] * 3
+        score = (
+            final.loc[here, ["final_score_iqm", "final_score_low", "final_score_high"]]
+            if here in final.index
+            else [math.nan] * 3
+        )
+        rows.append(
+            {
+                "task": row.task,
+                "learning_rate": row.learning_rate,
+                "algorithm": row.algorithm,
+                "competent": row.competent,
+                "any_drop": row.events,
+                "rate": row.rate,
+                "rate_ratio": ratio[0],
+                "rate_ratio_low": ratio[1],
+                "rate_ratio_high": ratio[2],
+                "p_holm": row.p_holm,
+                "reading": row.reading,
+                "instability_iqm": float(iqm[0]),
+                "instability_low": float(iqm[1]),
+                "instability_high": float(iqm[2]),
+                "final_score_iqm": float(score[0]),
+                "final_score_low": float(score[1]),
+                "final_score_high": float(score[2]),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -881,6 +987,7 @@ class ExtensionReport:
     runs: pd.DataFrame
     primary: pd.DataFrame
     pooled: pd.DataFrame
+    effects: pd.DataFrame
     collapse: pd.DataFrame
     drops: pd.DataFrame
     instability: pd.DataFrame
@@ -906,16 +1013,19 @@ def analyse(
     """Every endpoint of the preregistration from ``load_runs``' rows."""
     primary = binary_table(runs, "any_drop", "", baseline, arms, planned_seeds)
     pooled = pooled_table(primary, baseline, arms)
+    instability = instability_table(runs, "", baseline, arms, reps)
+    scores = score_intervals(runs, reps=reps)
     training = runs[runs["has_training_returns"].astype(bool)]
     training_primary = binary_table(training, "any_drop", "train_", baseline, arms, planned_seeds)
     return ExtensionReport(
         runs=runs,
         primary=primary,
         pooled=pooled,
+        effects=effects_table(primary, instability, scores, baseline),
         collapse=binary_table(runs, "collapsed", "", baseline, arms, planned_seeds),
         drops=drops_table(runs),
-        instability=instability_table(runs, "", baseline, arms, reps),
-        scores=score_intervals(runs, reps=reps),
+        instability=instability,
+        scores=scores,
         training_primary=training_primary,
         training_pooled=pooled_table(training_primary, baseline, arms),
         training_collapse=binary_table(training, "collapsed", "train_", baseline, arms, planned_seeds),
@@ -944,6 +1054,7 @@ def format_extension_report(report: ExtensionReport) -> str:
     ]
     parts = [
         ("Primary, pooled: CMH and Mantel–Haenszel odds ratio", report.pooled),
+        ("Effects per setting: any-drop rate ratio against PPO, instability and final score", report.effects),
         ("Primary per setting: any drop among competent runs", report.primary),
         ("Lasting collapse per setting", report.collapse),
         ("Drops per competent run", report.drops),
@@ -974,6 +1085,7 @@ def format_extension_report(report: ExtensionReport) -> str:
 
 TABLES = {
     "pooled": "pooled",
+    "effects": "effects",
     "primary": "any_drop",
     "collapse": "collapse",
     "drops": "drops",
