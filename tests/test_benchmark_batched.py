@@ -272,5 +272,5 @@ def test_arms_that_cannot_run_batched_are_refused_with_their_reason_before_any_r
     assert not list(tmp_path.rglob("*.json"))
     with pytest.raises(SystemExit, match=r"unknown task\(s\) \['Pong'\]"):
         main(["collapse", "--engine", "batched", "--tasks", "Pong", "--runs", str(tmp_path)])
-    with pytest.raises(SystemExit, match=r"unknown algorithm\(s\) \['nope'\]"):
+    with pytest.raises(SystemExit, match=r"--algorithms: unknown algorithm 'nope'"):
         main(["collapse", "--engine", "batched", "--algorithms", "nope", "--runs", str(tmp_path)])

@@ -99,7 +99,13 @@ def _kept_setting(text: str) -> tuple[str, float]:
 def _add_run_arguments(parser: argparse.ArgumentParser, default_tasks: list[str]) -> None:
     parser.add_argument("--runs", type=Path, default=DEFAULT_RUNS, help="directory of the per-run JSON files")
     parser.add_argument("--tasks", nargs="+", default=None, help=f"default: {' '.join(default_tasks)}")
-    parser.add_argument("--algorithms", nargs="+", default=None, help=f"default: {' '.join(LEARNING_ALGORITHMS)}")
+    parser.add_argument(
+        "--algorithms",
+        nargs="+",
+        default=None,
+        help=f"default: {' '.join(LEARNING_ALGORITHMS)}; NAME@KEY=VALUE,KEY=VALUE is NAME with these keyword "
+        "arguments (a sweep: rollback@peaked_policy_loss=0.2 ppo@clip_range=0.1)",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--timesteps", type=int, default=None, help="override every task's budget (tests, smoke runs)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (1 is fastest for these MLPs)")
@@ -303,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command in ("learn", "collapse"):
-        from sb3_ppo_variants.benchmark.runs import run_grid
+        from sb3_ppo_variants.benchmark.runs import check_arms, run_grid
 
         th.set_num_threads(args.threads)
         default_tasks = list(LEARNING_TASKS) if args.command == "learn" else ["CartPole-v1"]
@@ -345,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
                         )
                     if args.compile:
                         raise SystemExit("--compile is the batched engine's (--engine batched)")
+                    try:
+                        check_arms(tasks, algorithms)
+                    except ValueError as error:
+                        raise SystemExit(str(error)) from None
                     failures = run_grid(
                         *grid_arguments,
                         threads=args.threads,
@@ -456,6 +466,12 @@ def main(argv: list[str] | None = None) -> int:
         th.set_num_threads(args.threads)
         task = _parse_tasks([args.task], [])[0]
         algorithms = parse_algorithms(args.algorithms, ("ppo",))
+        from sb3_ppo_variants.benchmark.runs import check_arms
+
+        try:
+            check_arms([task], algorithms)
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
         result = diagnose_setting(task, algorithms, args.lr_scale, args.seeds, args.output, args.timesteps)
         print(format_diagnosis(result), end="")
         return 0 if result["diagnosed"] is not None else 1

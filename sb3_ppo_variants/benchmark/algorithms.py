@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import ast
+import inspect
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sb3_contrib import MaskablePPO, RecurrentPPO
@@ -29,11 +31,13 @@ class Algorithm:
     zoo_id: str | None = None
 
     def build(self, policy: str, env: Any, **hyperparameters: Any) -> OnPolicyAlgorithm:
+        """The algorithm on ``env`` with the task's ``hyperparameters``; its own options take precedence (an arm
+        of a sweep may set the task's ``clip_range``), and its ``policy_kwargs`` are merged into the task's."""
         options = dict(self.options)
         if "policy_kwargs" in options:  # merged with the task's, e.g. the Adam β recipe on a shared trunk
             shared = hyperparameters.pop("policy_kwargs", None) or {}
             options["policy_kwargs"] = {**shared, **options["policy_kwargs"]}
-        return self.algorithm_class(policy, env, **hyperparameters, **options)
+        return self.algorithm_class(policy, env, **{**hyperparameters, **options})
 
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -73,10 +77,82 @@ COST_ALGORITHMS = tuple(name for name in ALGORITHMS if name != "ppo")
 LEARNING_ALGORITHMS = ("ppo", "logit", "peaked", "rescaled", "spo", "kl", "per_state")
 
 
+OPTIONS_SEPARATOR = "@"
+"""``NAME@KEY=VALUE,KEY=VALUE``: the algorithm ``NAME`` with these keyword arguments (``algorithm``)."""
+GRID_ARGUMENTS = ("policy", "env", "learning_rate", "seed", "device", "verbose", "tensorboard_log")
+"""Keyword arguments that the grid itself sets (``--lr-scales``, ``--seeds``, ``--device``), never an arm's."""
+
+
+def _keyword_arguments(algorithm_class: type) -> set[str]:
+    """The keyword arguments the class accepts: its ``__init__``'s and, through ``**kwargs``, its bases'."""
+    names: set[str] = set()
+    for klass in algorithm_class.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = inspect.signature(vars(klass)["__init__"]).parameters.values()
+        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return names - {"self"}
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def algorithm(name: str) -> Algorithm:
+    """The compared algorithm called ``name``: one of ``ALGORITHMS``, or ``BASE@KEY=VALUE[,KEY=VALUE...]``, the
+    algorithm ``BASE`` with these keyword arguments on top of its own options and the task's hyperparameters:
+    ``rollback@peaked_policy_loss=0.2``, ``ppo@clip_range=0.1``. A value is a Python literal (``0.2``, ``None``,
+    ``(0.9, 0.99)``) or else a string (``per_state``). The name, as written, names the arm's files.
+
+    :raises ValueError: naming the algorithm, when ``BASE`` is unknown, a pair is not ``KEY=VALUE``, a key is
+        given twice, is set by the grid (``GRID_ARGUMENTS``) or is not an argument of ``BASE``'s class (listing
+        those it accepts). The values are checked by the class when the arm is built (``check_arms``).
+    """
+    if name in ALGORITHMS:
+        return ALGORITHMS[name]
+    base, separator, spec = name.partition(OPTIONS_SEPARATOR)
+    if base not in ALGORITHMS:
+        raise ValueError(
+            f"unknown algorithm {name!r}; choose from {sorted(ALGORITHMS)}, each optionally followed by "
+            f"{OPTIONS_SEPARATOR}KEY=VALUE,KEY=VALUE"
+        )
+    if not separator or not spec:
+        raise ValueError(f"{name!r}: give the options after {OPTIONS_SEPARATOR!r} as KEY=VALUE,KEY=VALUE")
+    registered = ALGORITHMS[base]
+    accepted = _keyword_arguments(registered.algorithm_class) - set(GRID_ARGUMENTS)
+    options: dict[str, Any] = {}
+    for pair in spec.split(","):
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            raise ValueError(f"{name!r}: {pair!r} is not KEY=VALUE")
+        if key in options:
+            raise ValueError(f"{name!r}: {key} is given twice")
+        if key in GRID_ARGUMENTS:
+            raise ValueError(f"{name!r}: {key} is set by the grid ({', '.join(GRID_ARGUMENTS)}), not by an arm")
+        if key not in accepted:
+            raise ValueError(
+                f"{name!r}: {registered.algorithm_class.__name__} has no argument {key!r}; it accepts "
+                f"{', '.join(sorted(accepted))}"
+            )
+        options[key] = _literal(value)
+    return replace(registered, name=name, options={**registered.options, **options}, zoo_id=None)
+
+
 def parse_algorithms(names: list[str] | None, default: tuple[str, ...]) -> list[str]:
-    """Validate algorithm names given on the command line (``None`` gives ``default``)."""
+    """Validate algorithm names given on the command line (``None`` gives ``default``): the names of
+    ``ALGORITHMS``, or an algorithm with options (``algorithm``)."""
     chosen = list(default) if not names else names
-    unknown = [name for name in chosen if name not in ALGORITHMS]
-    if unknown:
-        raise SystemExit(f"unknown algorithm(s) {unknown}; choose from {sorted(ALGORITHMS)}")
+    errors = []
+    for name in chosen:
+        try:
+            algorithm(name)
+        except ValueError as error:
+            errors.append(str(error))
+    if errors:
+        raise SystemExit("--algorithms: " + "; ".join(errors))
     return chosen

@@ -27,7 +27,7 @@ from torch import nn
 
 from sb3_ppo_variants.batched import AGENT_ENVIRONMENTS, BatchedPPO, StackedActorCritic, batched_settings
 from sb3_ppo_variants.batched.trainer import ARM_SETTINGS, Arm, check_compile, check_device
-from sb3_ppo_variants.benchmark.algorithms import ALGORITHMS
+from sb3_ppo_variants.benchmark.algorithms import algorithm as compared_algorithm
 from sb3_ppo_variants.benchmark.executors import Executor, InProcess, ProcessPool, describe, execute
 from sb3_ppo_variants.benchmark.progress import GridProgress
 from sb3_ppo_variants.benchmark.runs import Run, grid, make_training_env, write_run
@@ -144,7 +144,7 @@ def batched_arms(tasks: list[str], algorithms: list[str]) -> dict[tuple[str, str
                 continue
             env = make_training_env(task, seed=0)
             try:
-                model = ALGORITHMS[algorithm].build(
+                model = compared_algorithm(algorithm).build(
                     task.policy, env, seed=0, device="cpu", **task.algorithm_hyperparameters()
                 )
                 if not isinstance(model, PPO):

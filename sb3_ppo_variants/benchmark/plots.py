@@ -11,7 +11,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sb3_ppo_variants.benchmark.algorithms import ALGORITHMS, CONTRIB_ALGORITHMS, CONTRIB_LABELS, LABELS
+from sb3_ppo_variants.benchmark.algorithms import (
+    ALGORITHMS,
+    CONTRIB_ALGORITHMS,
+    CONTRIB_LABELS,
+    LABELS,
+    OPTIONS_SEPARATOR,
+)
 
 # One colour per algorithm, in the registry's order, the same in every figure; SB3's PPO is black.
 COLOURS = {
@@ -30,6 +36,11 @@ COST_SETTING_ORDER = ("mlp", "cnn", "masked", "recurrent")
 
 
 def label(name: str) -> str:
+    """How tables and plots name an algorithm; one with options (``NAME@KEY=VALUE``) as ``NAME``'s label with
+    them."""
+    base, separator, options = name.partition(OPTIONS_SEPARATOR)
+    if separator and base in LABELS:
+        return f"{LABELS[base]} ({options.replace(',', ', ')})"
     return LABELS.get(name) or CONTRIB_LABELS.get(name, name)
 
 

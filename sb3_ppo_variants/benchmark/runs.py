@@ -27,7 +27,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 
-from sb3_ppo_variants.benchmark.algorithms import ALGORITHMS
+from sb3_ppo_variants.benchmark.algorithms import OPTIONS_SEPARATOR, algorithm
 from sb3_ppo_variants.benchmark.executors import Executor, InProcess, ProcessPool, RayTasks, describe, execute
 from sb3_ppo_variants.benchmark.progress import GridProgress
 from sb3_ppo_variants.benchmark.tasks import TASKS, Task
@@ -57,6 +57,27 @@ def make_training_env(task: Task, seed: int) -> VecEnv:
     if task.normalize:
         env = VecNormalize(env, gamma=task.hyperparameters["gamma"])
     return env
+
+
+def check_arms(tasks: Sequence[str], algorithms: Sequence[str]) -> None:
+    """Build every algorithm given with options (``NAME@KEY=VALUE``) on every task once, as a run would, so that
+    a value its class refuses stops the command before any run starts.
+
+    :raises ValueError: naming each refused (task, algorithm) and the class's reason
+    """
+    refused = []
+    for task_name in tasks:
+        task = TASKS[task_name]
+        for name in (name for name in algorithms if OPTIONS_SEPARATOR in name):
+            env = make_training_env(task, seed=0)
+            try:
+                algorithm(name).build(task.policy, env, seed=0, device="cpu", **task.algorithm_hyperparameters())
+            except (ValueError, TypeError) as error:
+                refused.append(f"  {name} on {task_name}: {error}")
+            finally:
+                env.close()
+    if refused:
+        raise ValueError("these arms cannot be built (no run started):\n" + "\n".join(refused))
 
 
 def evaluate(model: BaseAlgorithm, task: Task, seed: int) -> list[float]:
@@ -154,9 +175,8 @@ def train_and_evaluate(
         as they draw no random number from the model's generators and leave its parameters alone.
     """
     task = TASKS[task_name]
-    algorithm = ALGORITHMS[algorithm_name]
     env = make_training_env(task, seed)
-    model = algorithm.build(
+    model = algorithm(algorithm_name).build(
         task.policy, env, seed=seed, device="cpu", **task.algorithm_hyperparameters(learning_rate_scale)
     )
     evaluation = PeriodicEvaluation(task, seed)
