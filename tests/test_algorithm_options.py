@@ -94,3 +94,29 @@ def test_a_sweep_trains_in_one_batched_group_and_its_default_value_repeats_the_r
     assert same["train_episode_returns"] == registered["train_episode_returns"]
     other = runs["rollback@peaked_policy_loss=0.1_lr10_seed5.json"]
     assert other["train_episode_returns"] != registered["train_episode_returns"]
+
+
+def test_the_sb3_engine_trains_an_arm_with_options_under_its_name(tmp_path: Path) -> None:
+    threads = th.get_num_threads()
+    command = [
+        "collapse",
+        "--tasks",
+        TASK,
+        "--algorithms",
+        "ppo@clip_range=0.1,n_epochs=2",
+        "--seeds",
+        "0",
+        "--lr-scales",
+        "1",
+    ]
+    try:
+        code = main([*command, "--timesteps", "512", "--workers", "1", "--runs", str(tmp_path)])
+    finally:
+        th.set_num_threads(threads)
+    assert code == 0
+    (path,) = (tmp_path / TASK).glob("*.json")
+    assert path.name == "ppo@clip_range=0.1,n_epochs=2_lr1_seed0.json"
+    record = json.loads(path.read_text())
+    assert record["algorithm"] == "ppo@clip_range=0.1,n_epochs=2" and record["engine"] == "sb3"
+    # the task's clip range is overridden: the logged clip range of the update is 0.1
+    assert record["evaluations"][-1]["train"]["clip_range"] == pytest.approx(0.1)
