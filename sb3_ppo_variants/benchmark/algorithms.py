@@ -106,8 +106,9 @@ def _literal(text: str) -> Any:
 def algorithm(name: str) -> Algorithm:
     """The compared algorithm called ``name``: one of ``ALGORITHMS``, or ``BASE@KEY=VALUE[,KEY=VALUE...]``, the
     algorithm ``BASE`` with these keyword arguments on top of its own options and the task's hyperparameters:
-    ``rollback@peaked_policy_loss=0.2``, ``ppo@clip_range=0.1``. A value is a Python literal (``0.2``, ``None``,
-    ``(0.9, 0.99)``) or else a string (``per_state``). The name, as written, names the arm's files.
+    ``rollback@peaked_policy_loss=0.2``, ``ppo@clip_range=0.1``. A value is a Python literal without a comma
+    (``0.2``, ``1e-3``, ``None``, ``True``) or else a string (``per_state``). The name, as written, names the
+    arm's files.
 
     :raises ValueError: naming the algorithm, when ``BASE`` is unknown, a pair is not ``KEY=VALUE``, a key is
         given twice, is set by the grid (``GRID_ARGUMENTS``) or is not an argument of ``BASE``'s class (listing
