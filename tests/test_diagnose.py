@@ -55,6 +55,7 @@ def test_a_drop_is_diagnosed_between_the_last_good_and_the_first_bad_model(tmp_p
         4096,
         5120,
     )
+    assert diagnosed["competence_window_step"] == 1024  # the first of the 3 evaluations whose mean is 0.8
     folder = tmp_path / "ppo" / "seed3"
     for name in ("run.json", "health.csv", "probe.npz", "good.zip", "bad.zip", "drop.json", "layers.csv"):
         assert (folder / name).is_file(), name
@@ -68,6 +69,19 @@ def test_a_drop_is_diagnosed_between_the_last_good_and_the_first_bad_model(tmp_p
     assert json.loads((tmp_path / "diagnosis.json").read_text())["diagnosed"]["good_step"] == 4096
     text = format_diagnosis(result)
     assert "Seed 3" in text and "| logit | yes | 5,120 |" in text
+
+
+def test_the_good_model_may_precede_the_evaluation_that_declares_competence(
+    tmp_path, monkeypatch, frequent_evaluations
+):
+    # competence is the mean of 3 evaluations: it is declared at 3,072 steps, whose own score is 0.58; the last
+    # evaluation scoring 0.8 before the drop at 4,096 is the one at 2,048 (as in an Acrobot run at lr 1e-2)
+    scripted = {0: 9.0, 1024: 500.0, 2048: 500.0, 3072: 300.0}
+    monkeypatch.setattr(runs, "evaluate", lambda model, task, seed: [scripted.get(model.num_timesteps, 9.0)] * 5)
+    diagnosed = diagnose_setting(TASK, ["ppo"], 10, [3], tmp_path)["diagnosed"]
+    steps = ("competence_step", "competence_window_step", "good_step", "bad_step")
+    assert tuple(diagnosed[name] for name in steps) == (3072, 1024, 2048, 4096)
+    assert diagnosed["good_score"] == pytest.approx(1.0) and np.isfinite(diagnosed["grad_ratio_before"])
 
 
 def test_the_observed_run_is_the_sb3_engines_run_and_no_drop_exits_1(tmp_path, capsys):

@@ -114,7 +114,10 @@ def explain_drop(
 ) -> dict[str, Any] | None:
     """The diagnosis of the run's first drop (``None`` without one), written to ``folder``: the diagnosis's own
     files (``Diagnosis.save``), ``drop.json`` (what this returns), the probe batch, and the good and bad models as
-    ``good.zip`` and ``bad.zip``. The gradient ratios are medians over rollouts: from competence to the last good
+    ``good.zip`` and ``bad.zip``. Competence is declared on the moving average of ``definition.window``
+    evaluations, so the evaluation that declares it may itself score below ``competent``: the good model is the
+    last one from the first evaluation of that window on (``competence_window_step``) that scores at least
+    ``competent``. The gradient ratios are medians over rollouts: from the start of that window to the last good
     evaluation, and from there to the drop's first evaluation."""
     task = TASKS[record["task"]]
     steps, scores = _scores(record, task)
@@ -122,7 +125,8 @@ def explain_drop(
     if found is None:
         return None
     competence, drop = found
-    good = max(index for index in range(competence, drop) if scores[index] >= definition.competent)
+    window_start = max(competence - definition.window + 1, 0)
+    good = max(index for index in range(window_start, drop) if scores[index] >= definition.competent)
     register_minatar()
     env = make_vec_env(task.env_id, n_envs=1, seed=EVAL_SEED_OFFSET + probe_seed, env_kwargs=task.env_kwargs)
     checkpoints = folder / CHECKPOINTS
@@ -138,6 +142,7 @@ def explain_drop(
     result = {
         "seed": record["seed"],
         "competence_step": steps[competence],
+        "competence_window_step": steps[window_start],
         "good_step": steps[good],
         "bad_step": steps[drop],
         "good_score": round(float(scores[good]), 4),
@@ -145,7 +150,7 @@ def explain_drop(
         "summary": {name: value for name, value in diagnosis.summary.items() if not isinstance(value, list)},
         "flipping_layers": diagnosis.flipping_layers,
         "largest_relative_change": str(layers["layer"].iloc[0]),
-        "grad_ratio_before": _window_median(health, steps[competence], steps[good]),
+        "grad_ratio_before": _window_median(health, steps[window_start], steps[good]),
         "grad_ratio_during": _window_median(health, steps[good], steps[drop]),
         "description": describe(diagnosis),
     }
@@ -158,8 +163,8 @@ def explain_drop(
 def compare_window(
     record: dict[str, Any], folder: Path, window: tuple[int, int, int], definition: CollapseDefinition
 ) -> dict[str, Any]:
-    """For a run that is not the diagnosed one: its gradient ratios over the diagnosed run's windows (competence
-    to good, good to bad), its scores at those steps and whether it dropped at all."""
+    """For a run that is not the diagnosed one: its gradient ratios over the diagnosed run's windows (the start of
+    its competence window to good, good to bad), its scores at those steps and whether it dropped at all."""
     task = TASKS[record["task"]]
     steps, scores = _scores(record, task)
     health = pd.read_csv(folder / HEALTH_FILE)
@@ -211,7 +216,7 @@ def diagnose_setting(
             break
     if result["diagnosed"] is not None:
         diagnosed = result["diagnosed"]
-        window = (diagnosed["competence_step"], diagnosed["good_step"], diagnosed["bad_step"])
+        window = (diagnosed["competence_window_step"], diagnosed["good_step"], diagnosed["bad_step"])
         for algorithm in others:
             folder = output / algorithm / f"seed{diagnosed['seed']}"
             record = train_observed(task_name, algorithm, diagnosed["seed"], learning_rate_scale, folder, timesteps)
@@ -237,7 +242,8 @@ def format_diagnosis(result: dict[str, Any]) -> str:
     flipping = ", ".join(diagnosed["flipping_layers"]) or "no single layer"
     lines += [
         f"Seed {diagnosed['seed']} (seeds tried: {', '.join(str(seed) for seed in result['seeds_tried'])}): "
-        f"competent at step {diagnosed['competence_step']:,}, last good evaluation at {diagnosed['good_step']:,} "
+        f"competent at step {diagnosed['competence_step']:,} (the moving average from step "
+        f"{diagnosed['competence_window_step']:,}), last good evaluation at {diagnosed['good_step']:,} "
         f"(normalised score {diagnosed['good_score']:.2f}), the drop's first at {diagnosed['bad_step']:,} "
         f"({diagnosed['bad_score']:.2f}).",
         "",
@@ -247,7 +253,7 @@ def format_diagnosis(result: dict[str, Any]) -> str:
         f"{summary['entropy_bad']:.3g}, value {summary['value_good']:.3g} → {summary['value_bad']:.3g}, "
         f"KL(good‖bad) {summary['kl_good_bad']:.3g}, greedy actions that differ {summary['disagreement']:.2f}.",
         f"- Value-to-policy gradient ratio on the shared layers (median over rollouts): "
-        f"{_ratio(diagnosed['grad_ratio_before'])} from competence to the last good evaluation, "
+        f"{_ratio(diagnosed['grad_ratio_before'])} from competence (the window's start) to the last good evaluation, "
         f"{_ratio(diagnosed['grad_ratio_during'])} from there to the drop.",
     ]
     if result["others"]:
