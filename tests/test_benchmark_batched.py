@@ -24,6 +24,7 @@ from sb3_ppo_variants import VariantPPO
 from sb3_ppo_variants.benchmark.__main__ import main
 from sb3_ppo_variants.benchmark.algorithms import ALGORITHMS, Algorithm
 from sb3_ppo_variants.benchmark.batched_runs import RefusedArms, batched_arms, split_groups
+from sb3_ppo_variants.benchmark.provenance import machine
 from sb3_ppo_variants.benchmark.runs import train_and_evaluate
 from sb3_ppo_variants.benchmark.tasks import TASKS
 
@@ -213,6 +214,10 @@ def test_a_batched_run_has_the_fields_of_an_sb3_run(tmp_path: Path) -> None:
     sb3 = train_and_evaluate(TASK, "ppo", seed=0, timesteps=512)
     assert (batched["engine"], sb3["engine"]) == ("batched", "sb3")
     assert set(batched) == set(sb3)
+    # the machine that decided the run's rounding, the same for both here
+    assert batched["machine"] == sb3["machine"] == machine()
+    assert sb3["machine"]["torch_cpu_capability"] == th.backends.cpu.get_cpu_capability()
+    assert sb3["machine"]["torch"] == th.__version__
     for key, value in sb3.items():
         assert type(batched[key]) is type(value), key
     for batched_evaluation, sb3_evaluation in zip(batched["evaluations"], sb3["evaluations"], strict=True):

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch as th
 from scipy.stats import fisher_exact as scipy_fisher_exact
 from scipy.stats import mannwhitneyu
 from statsmodels.stats.contingency_tables import StratifiedTable
@@ -21,13 +22,16 @@ from sb3_ppo_variants.benchmark.extension_study import (
     holm_over_family,
     instability_table,
     load_runs,
+    machine_label,
     mantel_haenszel,
     missing_kinds,
     pilot_table,
     rate_ratio_interval,
     select_settings,
     training_return_series,
+    write_extension_report,
 )
+from sb3_ppo_variants.benchmark.provenance import machine
 from sb3_ppo_variants.benchmark.tasks import TASKS
 
 SHARED = "pilot/CartPole-v1-shared"
@@ -425,3 +429,37 @@ def test_the_pilot_and_extension_commands_end_to_end(tmp_path: Path, capsys: pyt
     assert cross_check["p_any_drop"].iloc[0] == pytest.approx(scipy_fisher_exact([[4, 2], [1, 3]]).pvalue)
     for name in ("extension.md", "extension_forest.png", "extension_rate_differences.png", "extension_runs.csv"):
         assert (output / name).stat().st_size > 0
+
+
+def test_the_runs_may_come_from_several_grids_and_task_folders_each_run_once(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    for seed in range(3):
+        write_run(first, SHARED, "ppo", seed, STEADY)
+        write_run(first, SEPARATE, "ppo", seed, STEADY)
+        write_run(second, SEPARATE, "ppo", seed, LASTING)
+    # the first grid's shared-trunk setting with the second's separate one
+    runs = load_runs([first / SHARED.replace("/", "_"), second])
+    assert sorted(runs["task"]) == [SEPARATE] * 3 + [SHARED] * 3
+    assert runs.loc[runs["task"] == SEPARATE, "collapsed"].all()
+    assert not runs.loc[runs["task"] == SHARED, "collapsed"].any()
+    assert set(runs["machine"]) == {"unrecorded"}  # these files have no "machine"
+    with pytest.raises(ValueError, match=r"pilot/CartPole-v1-separate ppo lr 0\.01 seed 0 is in both"):
+        load_runs([first, second])
+    with pytest.raises(SystemExit, match="is in both"):
+        main(["extension", "--runs", str(first), str(second), "--output", str(tmp_path / "out")])
+
+
+def test_the_report_names_the_machines_of_its_runs(tmp_path: Path) -> None:
+    for seed in range(4):
+        write_run(tmp_path / "runs", SHARED, "ppo", seed, STEADY)
+    path = tmp_path / "runs" / SHARED.replace("/", "_") / "ppo_lr10_seed0.json"
+    record = json.loads(path.read_text())
+    record["machine"] = machine()
+    path.write_text(json.dumps(record))
+    runs = load_runs(tmp_path / "runs")
+    label = machine_label(machine())
+    assert sorted(runs["machine"]) == sorted([label, "unrecorded", "unrecorded", "unrecorded"])
+    assert th.backends.cpu.get_cpu_capability() in label
+    write_extension_report(tmp_path / "runs", tmp_path / "out", bootstrap_reps=20)
+    report = (tmp_path / "out" / "extension.md").read_text()
+    assert f"- {SHARED}: unrecorded (3); {label} (1)" in report

@@ -264,7 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     extension = subcommands.add_parser("extension", help="the powered collapse study's preregistered analysis")
-    extension.add_argument("--runs", type=Path, required=True, help="directory of the study's runs")
+    extension.add_argument(
+        "--runs",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="the study's runs: grid directories or task folders of one (a run may appear once)",
+    )
     extension.add_argument("--output", type=Path, required=True, help="directory for the CSV/Markdown tables")
     extension.add_argument("--plots", type=Path, default=None, help="directory for the PNGs (default: --output)")
     extension.add_argument(

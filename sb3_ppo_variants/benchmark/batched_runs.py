@@ -30,6 +30,7 @@ from sb3_ppo_variants.batched.trainer import ARM_SETTINGS, Arm, check_compile, c
 from sb3_ppo_variants.benchmark.algorithms import algorithm as compared_algorithm
 from sb3_ppo_variants.benchmark.executors import Executor, InProcess, ProcessPool, describe, execute
 from sb3_ppo_variants.benchmark.progress import GridProgress
+from sb3_ppo_variants.benchmark.provenance import machine
 from sb3_ppo_variants.benchmark.runs import Run, grid, make_training_env, write_run
 from sb3_ppo_variants.benchmark.tasks import TASKS, Task
 from sb3_ppo_variants.policies import MinAtarCNN
@@ -238,6 +239,7 @@ def run_record(trainer: BatchedPPO, agent: int, run: Run, wall_seconds: float) -
         "compiled": trainer.compile_step,
         "train_episode_returns": [round(value, 3) for value in trainer.episode_returns[agent]],
         "train_episode_steps": trainer.episode_steps[agent],
+        "machine": machine(),
     }
 
 

@@ -172,6 +172,14 @@ def _events(outcome: RunOutcome | None, instability: float, prefix: str) -> dict
     }
 
 
+def machine_label(machine: dict[str, Any] | None) -> str:
+    """A run file's ``machine`` in one line (processor, family/model/stepping, torch's CPU kernels);
+    ``unrecorded`` for files written before run files recorded it."""
+    if not machine:
+        return "unrecorded"
+    return f"{machine['cpu']} {machine['cpu_family_model_stepping']}, torch {machine['torch_cpu_capability']}"
+
+
 def run_row(run: dict[str, Any], definition: CollapseDefinition) -> dict[str, Any]:
     """One run file's identity, its events on the evaluations and on the training returns (``train_`` columns,
     undefined without ``train_episode_steps``), and its curves."""
@@ -198,6 +206,7 @@ def run_row(run: dict[str, Any], definition: CollapseDefinition) -> dict[str, An
         "learning_rate_scale": run.get("learning_rate_scale", math.nan),
         "seed": run["seed"],
         "engine": run.get("engine", "sb3"),
+        "machine": machine_label(run.get("machine")),
         "timesteps": run["timesteps"],
         **outcome.as_dict(),
         **_events(outcome, instability_fraction(steps, scores, outcome), ""),
@@ -212,10 +221,35 @@ def run_row(run: dict[str, Any], definition: CollapseDefinition) -> dict[str, An
 CURVES = ["steps", "scores", "train_scores"]
 
 
-def load_runs(directory: Path, definition: CollapseDefinition | None = None) -> pd.DataFrame:
-    """``run_row`` of every run file under ``directory`` (``<task>/<algorithm>_lr<scale>_seed<seed>.json``)."""
+RUN_KEY = ["task", "algorithm", "learning_rate", "seed"]
+
+
+def run_files(directory: Path) -> list[Path]:
+    """The run files of a grid's directory (``<task>/<algorithm>_lr<scale>_seed<seed>.json``), or of one of its
+    task folders."""
+    return sorted(directory.glob("*/*.json")) or sorted(directory.glob("*.json"))
+
+
+def load_runs(directories: Path | Sequence[Path], definition: CollapseDefinition | None = None) -> pd.DataFrame:
+    """``run_row`` of every run file under ``directories`` (each a grid's directory or one of its task folders:
+    ``benchmark_runs/extension/pilot_CartPole-v1-shared`` and ``benchmark_runs/extension_rerun`` analyse one
+    setting of the first with the other's). A run found twice is an error, not a choice."""
     definition = definition or CollapseDefinition()
-    rows = [run_row(json.loads(path.read_text()), definition) for path in sorted(directory.glob("*/*.json"))]
+    directories = [directories] if isinstance(directories, Path) else list(directories)
+    rows: list[dict[str, Any]] = []
+    found: dict[tuple[Any, ...], Path] = {}
+    for directory in directories:
+        for path in run_files(directory):
+            row = run_row(json.loads(path.read_text()), definition)
+            key = tuple(row[column] for column in RUN_KEY)
+            if key in found:
+                task, algorithm, learning_rate, seed = key
+                raise ValueError(
+                    f"{task} {algorithm} lr {learning_rate:g} seed {seed} is in both {found[key]} and {path}: "
+                    "give each run once"
+                )
+            found[key] = path
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -1047,6 +1081,13 @@ def format_extension_report(report: ExtensionReport) -> str:
         "Cochran–Mantel–Haenszel pooled over the settings (no continuity correction), Fisher exact per setting, "
         f"Mann–Whitney U for the instability fraction; Holm over the {len(PREREGISTERED_ARMS)} preregistered arms.",
         "",
+        "Machines (run files per setting; `unrecorded` for files written before run files recorded the machine):",
+        "",
+        *(
+            f"- {task}: " + "; ".join(f"{label} ({count})" for label, count in group["machine"].value_counts().items())
+            for task, group in report.runs.groupby("task", sort=True)
+        ),
+        "",
         "## Readings (primary, pooled)",
         "",
         *(report.sentences or ["(no arm besides PPO)"]),
@@ -1101,19 +1142,23 @@ TABLES = {
 
 
 def write_extension_report(
-    directory: Path,
+    directories: Path | Sequence[Path],
     output: Path,
     plots: Path | None = None,
     sb3_directory: Path | None = None,
     bootstrap_reps: int = 2000,
     arms: Sequence[str] = PREREGISTERED_ARMS,
 ) -> ExtensionReport:
-    """``analyse`` the runs under ``directory`` (and the SB3 runner's PPO under ``sb3_directory``) into CSV
-    tables, ``extension.md`` and the figures ``extension_forest.png`` and ``extension_rate_differences.png``."""
-    runs = load_runs(directory)
+    """``analyse`` the runs under ``directories`` (``load_runs``; and the SB3 runner's PPO under
+    ``sb3_directory``) into CSV tables, ``extension.md`` and the figures ``extension_forest.png`` and
+    ``extension_rate_differences.png``."""
+    try:
+        runs = load_runs(directories)
+        sb3_runs = load_runs(sb3_directory) if sb3_directory is not None else None
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     if runs.empty:
-        raise SystemExit(f"no run files under {directory}")
-    sb3_runs = load_runs(sb3_directory) if sb3_directory is not None else None
+        raise SystemExit(f"no run files under {directories}")
     report = analyse(runs, sb3_runs, arms=arms, reps=bootstrap_reps)
     output.mkdir(parents=True, exist_ok=True)
     runs.drop(columns=CURVES).to_csv(output / "extension_runs.csv", index=False)

@@ -39,14 +39,43 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _cpu_model() -> str:
+VECTOR_FLAG_PREFIXES = ("avx", "amx", "fma", "f16c", "sse")
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of ``/proc/cpuinfo`` (empty where there is none)."""
+    fields: dict[str, str] = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    return platform.processor() or "unknown"
+        return fields
+    for line in text.splitlines():
+        if not line.strip():
+            break
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return fields
+
+
+def machine() -> dict[str, Any]:
+    """What decides a run's floating-point rounding on a CPU: the processor (model, family, vector
+    instructions), the kernels torch picks for it, and the numerical packages' versions. Two run files with the
+    same ``machine`` and the same seed and code are expected to be equal; with different ones they may part
+    after the first updates."""
+    info = _cpuinfo()
+    flags = sorted(flag for flag in info.get("flags", "").split() if flag.startswith(VECTOR_FLAG_PREFIXES))
+    return {
+        "cpu": info.get("model name") or platform.processor() or "unknown",
+        "cpu_family_model_stepping": "/".join(info.get(key, "?") for key in ("cpu family", "model", "stepping")),
+        "cpu_vector_flags": flags,
+        "torch_cpu_capability": th.backends.cpu.get_cpu_capability(),
+        "torch": th.__version__,
+        "numpy": _version("numpy"),
+        "stable-baselines3": _version("stable-baselines3"),
+        "gymnasium": _version("gymnasium"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def _git_commit() -> str | None:
@@ -76,7 +105,7 @@ def provenance() -> dict[str, Any]:
         "python": platform.python_version(),
         "packages": {package: _version(package) for package in PACKAGES},
         "git_commit": _git_commit(),
-        "cpu": _cpu_model(),
+        "cpu": _cpuinfo().get("model name") or platform.processor() or "unknown",
         "cpu_count": os.cpu_count(),
         "cuda_available": th.cuda.is_available(),
         "torch_threads_of_this_process": th.get_num_threads(),

@@ -30,6 +30,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 from sb3_ppo_variants.benchmark.algorithms import OPTIONS_SEPARATOR, algorithm
 from sb3_ppo_variants.benchmark.executors import Executor, InProcess, ProcessPool, RayTasks, describe, execute
 from sb3_ppo_variants.benchmark.progress import GridProgress
+from sb3_ppo_variants.benchmark.provenance import machine
 from sb3_ppo_variants.benchmark.tasks import TASKS, Task
 
 N_EVAL_EPISODES = 5
@@ -200,6 +201,7 @@ def train_and_evaluate(
         "compiled": False,  # the batched engine's --compile; SB3 runs its eager step
         "train_episode_returns": evaluation.episode_returns,
         "train_episode_steps": evaluation.episode_steps,
+        "machine": machine(),
     }
 
 
