@@ -463,3 +463,44 @@ def test_the_report_names_the_machines_of_its_runs(tmp_path: Path) -> None:
     write_extension_report(tmp_path / "runs", tmp_path / "out", bootstrap_reps=20)
     report = (tmp_path / "out" / "extension.md").read_text()
     assert f"- {SHARED}: unrecorded (3); {label} (1)" in report
+
+
+def test_the_sensitivity_reruns_against_the_studys_ppo_and_option(tmp_path: Path) -> None:
+    study, reruns = tmp_path / "study", tmp_path / "reruns"
+    for seed in range(12):
+        write_run(study, SEPARATE, "ppo", seed, TRANSIENT if seed < 10 else STEADY)  # 10/12 drop
+        write_run(study, SEPARATE, "kl", seed, STEADY)  # 0/12
+        write_run(study, SEPARATE, "logit", seed, TRANSIENT)  # not rerun: not in the table
+        write_run(reruns, SEPARATE, "kl@kl_penalty_target=0.02", seed, TRANSIENT if seed < 9 else STEADY)  # 9/12
+        write_run(reruns, SEPARATE, "kl@kl_penalty_target=0.005", seed, TRANSIENT if seed < 1 else STEADY)  # 1/12
+    output = tmp_path / "out"
+    command = ["sensitivity", "--runs", str(reruns), "--study", str(study), "--output", str(output)]
+    assert main([*command, "--bootstrap-reps", "20"]) == 0
+    table = pd.read_csv(output / "sensitivity.csv")
+    assert table["algorithm"].tolist() == [
+        "ppo",
+        "kl",
+        "kl@kl_penalty_target=0.005",
+        "kl@kl_penalty_target=0.02",
+    ]
+    assert table["any_drop"].tolist() == [10, 0, 1, 9] and table["competent"].tolist() == [12] * 4
+    p_low = scipy_fisher_exact([[1, 11], [10, 2]]).pvalue
+    p_high = scipy_fisher_exact([[9, 3], [10, 2]]).pvalue
+    # Holm over the two neighbour arms; the option at its constant keeps the study's family (no Holm here)
+    assert table["p_holm"].iloc[2:].tolist() == pytest.approx([2 * p_low, 1.0])
+    assert math.isnan(table["p_holm"].iloc[1])
+    assert table["reading"].iloc[2:].tolist() == ["reduces", "no detectable difference at this sample size"]
+    assert table["rate_ratio"].iloc[2] == pytest.approx((1 / 12) / (10 / 12))
+    assert p_high > 0.05 and 2 * p_low < 0.05
+    verdicts = pd.read_csv(output / "sensitivity_verdicts.csv")
+    assert verdicts["verdict"].tolist() == [
+        "not at kl_penalty_target=0.02 (no detectable difference at this sample size)"
+    ]
+    assert "- pilot/CartPole-v1-separate, kl: not at kl_penalty_target=0.02" in (output / "sensitivity.md").read_text()
+    # every neighbour reducing: the reduction holds
+    for seed in range(12):
+        write_run(reruns, SEPARATE, "kl@kl_penalty_target=0.02", seed, STEADY)
+    assert main([*command, "--bootstrap-reps", "20"]) == 0
+    assert pd.read_csv(output / "sensitivity_verdicts.csv")["verdict"].tolist() == ["holds"]
+    with pytest.raises(SystemExit, match="no neighbour arm"):
+        main(["sensitivity", "--runs", str(study), "--study", str(study), "--output", str(output)])

@@ -11,6 +11,7 @@
 - ``agreement``: whether the SB3 engine and the batched engine train the same grid alike (``agreement.py``);
 - ``pilot``: the powered study's candidate settings from PPO's pilot runs, and the ones its rule chooses;
 - ``extension``: the powered study's analysis (``extension_study.py``, preregistered in ``docs/benchmarks.md``);
+- ``sensitivity``: the powered study's sensitivity reruns against its runs (``sensitivity.py``);
 - ``diagnose``: one drop of a setting explained, with ``collapse``'s diagnosis and health (``diagnose.py``);
 - ``pong``: the seed's Pong settings to 2M agent steps through rl-zoo3, resumable (``pong.py``).
 
@@ -278,6 +279,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     extension.add_argument("--bootstrap-reps", type=int, default=2000)
 
+    sensitivity = subcommands.add_parser(
+        "sensitivity", help="the powered study's sensitivity reruns: each option's constant one step each way"
+    )
+    sensitivity.add_argument(
+        "--runs", type=Path, nargs="+", required=True, help="the reruns (NAME@KEY=VALUE arms): grids or task folders"
+    )
+    sensitivity.add_argument(
+        "--study", type=Path, nargs="+", required=True, help="the study's runs of the same setting (PPO, the options)"
+    )
+    sensitivity.add_argument("--output", type=Path, required=True, help="directory for the CSV/Markdown tables")
+    sensitivity.add_argument("--bootstrap-reps", type=int, default=2000)
+
     power = subcommands.add_parser("power", help="what the collapse study's tests can detect, before it runs")
     power.add_argument("--runs-per-arm", type=int, nargs="+", default=[40, 50, 100], help="competent runs per cell")
     power.add_argument("--baseline-rates", type=float, nargs="+", default=[0.3, 0.5, 0.7], help="PPO's event rate")
@@ -458,6 +471,11 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{analysis.skipped_training} runs without training-episode records: left out of the training endpoints"
             )
+    elif args.command == "sensitivity":
+        from sb3_ppo_variants.benchmark.sensitivity import write_sensitivity_report
+
+        verdicts = write_sensitivity_report(args.runs, args.study, args.output, bootstrap_reps=args.bootstrap_reps)
+        print("\n".join(f"{row.task}, {row.option}: {row.verdict}" for row in verdicts.itertuples()))
     elif args.command == "power":
         from sb3_ppo_variants.benchmark.power import format_power_report
 

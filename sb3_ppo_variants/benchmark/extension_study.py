@@ -803,9 +803,13 @@ def effects_table(
         else:
             ratio = (math.nan, math.nan, math.nan)
         here = (*setting, row.algorithm)
-        iqm = stability.loc[here, ["iqm", "iqm_low", "iqm_high"]] if here in stability.index else [math.nan] * 3
+        iqm = (
+            stability.loc[here, ["iqm", "iqm_low", "iqm_high"]].to_numpy(dtype=float)
+            if here in stability.index
+            else [math.nan] * 3
+        )
         score = (
-            final.loc[here, ["final_score_iqm", "final_score_low", "final_score_high"]]
+            final.loc[here, ["final_score_iqm", "final_score_low", "final_score_high"]].to_numpy(dtype=float)
             if here in final.index
             else [math.nan] * 3
         )

@@ -1,0 +1,139 @@
+"""The powered study's sensitivity reruns (step 6 of its preregistration in ``docs/benchmarks.md``).
+
+An option that reduced PPO's drops is rerun with its constant one step each way (``NAME@KEY=VALUE`` arms, such
+as ``kl@kl_penalty_target=0.005``) on one setting. Each neighbour is compared with PPO of the same setting by
+the study's primary endpoint (any drop after competence; Fisher's exact test, Holm over the neighbour arms),
+beside the option at its own constant, from the study's runs of that setting. The reading per option, fixed
+before the reruns ran: its reduction **holds** when every neighbour reads *reduces*; otherwise the neighbours
+where it does not are named. Descriptive, not a test of the primary claim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from sb3_ppo_variants.benchmark.algorithms import OPTIONS_SEPARATOR
+from sb3_ppo_variants.benchmark.collapse_study import score_intervals
+from sb3_ppo_variants.benchmark.extension_study import (
+    BASELINE,
+    PREREGISTERED_ARMS,
+    binary_table,
+    effects_table,
+    instability_table,
+    load_runs,
+)
+
+REDUCES = "reduces"
+
+
+def option_of(name: str) -> tuple[str, str]:
+    """``("kl", "kl_penalty_target=0.005")`` for ``kl@kl_penalty_target=0.005``; ``("kl", "")`` for ``kl``."""
+    base, _, constants = name.partition(OPTIONS_SEPARATOR)
+    return base, constants
+
+
+def _order(name: str) -> tuple[int, str, tuple[int, float | str]]:
+    """Arms of one option together, in the study's order: the option at its constant, then each key's values
+    ascending."""
+    base, constants = option_of(name)
+    rank = PREREGISTERED_ARMS.index(base) if base in PREREGISTERED_ARMS else len(PREREGISTERED_ARMS)
+    key, _, value = constants.partition("=")
+    if not constants:
+        return rank, "", (-1, 0.0)
+    try:
+        return rank, key, (0, float(value))
+    except ValueError:
+        return rank, key, (1, value)
+
+
+def sensitivity_table(
+    neighbours: pd.DataFrame, study: pd.DataFrame, baseline: str = BASELINE, reps: int = 2000
+) -> pd.DataFrame:
+    """Per neighbour arm (``neighbours``' ``NAME@KEY=VALUE`` algorithms) and per option at its constant
+    (``study``'s arm of the neighbour's base name): ``effects_table``'s columns against ``study``'s
+    ``baseline`` of the same setting, Holm over the neighbour arms only (the options at their constants keep the
+    study's own Holm family, so here they get Fisher's p without it), and ``option`` / ``constants``."""
+    arms = sorted({name for name in neighbours["algorithm"] if option_of(name)[1]}, key=_order)
+    if not arms:
+        return pd.DataFrame()
+    options = {option_of(arm)[0] for arm in arms}
+    reference = study[study["algorithm"].isin({baseline, *options})]
+    runs = pd.concat([neighbours[neighbours["algorithm"].isin(arms)], reference], ignore_index=True)
+    primary = binary_table(runs, "any_drop", "", baseline, arms)
+    table = effects_table(primary, instability_table(runs, "", baseline, arms, reps), score_intervals(runs, reps=reps))
+    table["option"] = [option_of(name)[0] for name in table["algorithm"]]
+    table["constants"] = [option_of(name)[1] or "(the study's)" for name in table["algorithm"]]
+    table["neighbour"] = table["algorithm"].isin(arms)
+    names = [baseline, *sorted(set(table["algorithm"]) - {baseline}, key=_order)]
+    table["order"] = table["algorithm"].map({name: index for index, name in enumerate(names)})
+    return table.sort_values(["task", "order"]).drop(columns="order").reset_index(drop=True)
+
+
+def robustness(table: pd.DataFrame) -> pd.DataFrame:
+    """Per setting and option with neighbours: ``holds`` when every neighbour reads *reduces*, else the
+    neighbours that do not, with their readings."""
+    rows = []
+    for (task, option), group in table[table["neighbour"]].groupby(["task", "option"], sort=False):
+        others = group[group["reading"] != REDUCES]
+        rows.append(
+            {
+                "task": task,
+                "option": option,
+                "neighbours": len(group),
+                "reduce": int((group["reading"] == REDUCES).sum()),
+                "verdict": "holds"
+                if others.empty
+                else "not at " + "; ".join(f"{row.constants} ({row.reading})" for row in others.itertuples()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def format_sensitivity_report(table: pd.DataFrame, verdicts: pd.DataFrame) -> str:
+    """The Markdown report: the verdict per option, then the table."""
+    lines = [
+        "# Powered collapse study: sensitivity reruns",
+        "",
+        "Each option's constant one step each way against PPO of the same setting: any drop after competence, "
+        f"Fisher's exact test, Holm over the {int(table['neighbour'].sum())} neighbour arms; the option at the "
+        "study's constant from the study's runs (Fisher's p without Holm). Descriptive.",
+        "",
+        "Machines (run files): "
+        + "; ".join(f"{label} ({count})" for label, count in table.attrs.get("machines", {}).items()),
+        "",
+        "## Does the reduction hold one step each way?",
+        "",
+        *(f"- {row.task}, {row.option}: {row.verdict}" for row in verdicts.itertuples()),
+        "",
+        "## Per arm",
+        "",
+        table.to_markdown(index=False, floatfmt=".3g"),
+    ]
+    return "\n".join(lines)
+
+
+def write_sensitivity_report(
+    neighbour_directories: Sequence[Path], study_directories: Sequence[Path], output: Path, bootstrap_reps: int = 2000
+) -> pd.DataFrame:
+    """``sensitivity_table`` and ``robustness`` of the runs under the directories (``load_runs``) into
+    ``sensitivity.csv``, ``sensitivity_verdicts.csv`` and ``sensitivity.md`` under ``output``; the verdicts."""
+    try:
+        neighbours, study = load_runs(neighbour_directories), load_runs(study_directories)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    if neighbours.empty:
+        raise SystemExit(f"no run files under {list(map(str, neighbour_directories))}")
+    table = sensitivity_table(neighbours, study, reps=bootstrap_reps)
+    if table.empty:
+        raise SystemExit("no neighbour arm (NAME@KEY=VALUE) among the runs")
+    used = pd.concat([neighbours, study[study["algorithm"].isin(set(table["algorithm"]))]])
+    table.attrs["machines"] = used["machine"].value_counts().to_dict()
+    verdicts = robustness(table)
+    output.mkdir(parents=True, exist_ok=True)
+    table.to_csv(output / "sensitivity.csv", index=False)
+    verdicts.to_csv(output / "sensitivity_verdicts.csv", index=False)
+    (output / "sensitivity.md").write_text(format_sensitivity_report(table, verdicts))
+    return verdicts
