@@ -27,11 +27,10 @@ from torch import nn
 
 from sb3_ppo_variants.batched import AGENT_ENVIRONMENTS, BatchedPPO, StackedActorCritic, batched_settings
 from sb3_ppo_variants.batched.trainer import ARM_SETTINGS, Arm, check_compile, check_device
-from sb3_ppo_variants.benchmark.algorithms import algorithm as compared_algorithm
 from sb3_ppo_variants.benchmark.executors import Executor, InProcess, ProcessPool, describe, execute
 from sb3_ppo_variants.benchmark.progress import GridProgress
 from sb3_ppo_variants.benchmark.provenance import machine
-from sb3_ppo_variants.benchmark.runs import Run, grid, make_training_env, write_run
+from sb3_ppo_variants.benchmark.runs import Run, build_arm, grid, write_run
 from sb3_ppo_variants.benchmark.tasks import TASKS, Task
 from sb3_ppo_variants.policies import MinAtarCNN
 
@@ -143,19 +142,14 @@ def batched_arms(tasks: list[str], algorithms: list[str]) -> dict[tuple[str, str
             if reason is not None:
                 refused[key] = reason
                 continue
-            env = make_training_env(task, seed=0)
             try:
-                model = compared_algorithm(algorithm).build(
-                    task.policy, env, seed=0, device="cpu", **task.algorithm_hyperparameters()
-                )
+                model = build_arm(task_name, algorithm)
                 if not isinstance(model, PPO):
                     raise ValueError(f"{type(model).__name__} is not SB3's PPO, whose update the batched engine runs")
                 settings = batched_settings(model)
             except (ValueError, TypeError) as error:  # an option the action space refuses, or BatchedPPO lacks
                 refused[key] = str(error)
                 continue
-            finally:
-                env.close()
             if not hasattr(model.action_space, "n"):
                 refused[key] = f"the action space is {model.action_space}; the batched engine plays Discrete ones"
                 continue

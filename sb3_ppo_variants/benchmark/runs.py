@@ -60,6 +60,20 @@ def make_training_env(task: Task, seed: int) -> VecEnv:
     return env
 
 
+def build_arm(task_name: str, name: str) -> BaseAlgorithm:
+    """The model that a run of the algorithm ``name`` on the task ``task_name`` starts from (seed 0), with its
+    training environment closed: what a run's arm is, without training it.
+
+    :raises ValueError, TypeError: the class's refusal of the arm's options
+    """
+    task = TASKS[task_name]
+    env = make_training_env(task, seed=0)
+    try:
+        return algorithm(name).build(task.policy, env, seed=0, device="cpu", **task.algorithm_hyperparameters())
+    finally:
+        env.close()
+
+
 def check_arms(tasks: Sequence[str], algorithms: Sequence[str]) -> None:
     """Build every algorithm given with options (``NAME@KEY=VALUE``) on every task once, as a run would, so that
     a value its class refuses stops the command before any run starts.
@@ -68,15 +82,11 @@ def check_arms(tasks: Sequence[str], algorithms: Sequence[str]) -> None:
     """
     refused = []
     for task_name in tasks:
-        task = TASKS[task_name]
         for name in (name for name in algorithms if OPTIONS_SEPARATOR in name):
-            env = make_training_env(task, seed=0)
             try:
-                algorithm(name).build(task.policy, env, seed=0, device="cpu", **task.algorithm_hyperparameters())
+                build_arm(task_name, name)
             except (ValueError, TypeError) as error:
                 refused.append(f"  {name} on {task_name}: {error}")
-            finally:
-                env.close()
     if refused:
         raise ValueError("these arms cannot be built (no run started):\n" + "\n".join(refused))
 
