@@ -32,6 +32,7 @@ from sb3_ppo_variants.benchmark.extension_study import (
     write_extension_report,
 )
 from sb3_ppo_variants.benchmark.provenance import machine
+from sb3_ppo_variants.benchmark.replication import compare_runs, format_comparison
 from sb3_ppo_variants.benchmark.tasks import TASKS
 
 SHARED = "pilot/CartPole-v1-shared"
@@ -504,3 +505,29 @@ def test_the_sensitivity_reruns_against_the_studys_ppo_and_option(tmp_path: Path
     assert pd.read_csv(output / "sensitivity_verdicts.csv")["verdict"].tolist() == ["holds"]
     with pytest.raises(SystemExit, match="no neighbour arm"):
         main(["sensitivity", "--runs", str(study), "--study", str(study), "--output", str(output)])
+
+
+def test_compare_runs_finds_the_step_where_two_grids_runs_of_a_seed_part(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    for seed in range(3):
+        write_run(first, SEPARATE, "ppo", seed, STEADY)
+    write_run(second, SEPARATE, "ppo", 0, STEADY)  # the same run
+    write_run(second, SEPARATE, "ppo", 1, [*STEADY[:5], 0.5, *STEADY[6:]])  # parts at the 6th evaluation
+    write_run(second, SEPARATE, "ppo", 2, STEADY[:10])  # the same over the 10 evaluations it has
+    write_run(second, SEPARATE, "ppo", 3, STEADY)  # not in the first grid
+    table = compare_runs(first, second / SEPARATE.replace("/", "_")).set_index("seed")
+    assert table.index.tolist() == [0, 1, 2]
+    assert table["common_evaluations"].tolist() == [31, 31, 10]
+    assert table["parts_at_step"].isna().tolist() == [True, False, True]
+    assert table.loc[1, "parts_at_step"] == 5 * TASKS[SEPARATE].eval_every
+    assert (table["first_machine"] == "unrecorded").all()
+    assert main(["compare-runs", str(first), str(second), "--output", str(tmp_path / "table.csv")]) == 0
+    step = 5 * TASKS[SEPARATE].eval_every
+    assert capsys.readouterr().out == (
+        f"{SEPARATE} ppo: 3 runs in both, 2 the same at every evaluation step they share (10 or more); "
+        f"1 part, at step (runs) {step}: 1\n"
+    )
+    assert len(pd.read_csv(tmp_path / "table.csv")) == 3
+    assert format_comparison(compare_runs(first, tmp_path / "nothing")) == "no run is in both grids\n"

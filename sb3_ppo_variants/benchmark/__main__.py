@@ -12,6 +12,8 @@
 - ``pilot``: the powered study's candidate settings from PPO's pilot runs, and the ones its rule chooses;
 - ``extension``: the powered study's analysis (``extension_study.py``, preregistered in ``docs/benchmarks.md``);
 - ``sensitivity``: the powered study's sensitivity reruns against its runs (``sensitivity.py``);
+- ``compare-runs``: whether two grids' runs of the same seeds are the same runs, and where they part
+  (``replication.py``);
 - ``diagnose``: one drop of a setting explained, with ``collapse``'s diagnosis and health (``diagnose.py``);
 - ``pong``: the seed's Pong settings to 2M agent steps through rl-zoo3, resumable (``pong.py``).
 
@@ -291,6 +293,13 @@ def main(argv: list[str] | None = None) -> int:
     sensitivity.add_argument("--output", type=Path, required=True, help="directory for the CSV/Markdown tables")
     sensitivity.add_argument("--bootstrap-reps", type=int, default=2000)
 
+    compare = subcommands.add_parser(
+        "compare-runs", help="whether two grids' runs of the same seeds are the same, and where they part"
+    )
+    compare.add_argument("first", type=Path, help="a grid's directory or one of its task folders")
+    compare.add_argument("second", type=Path, help="another, with runs of the same seeds")
+    compare.add_argument("--output", type=Path, default=None, help="a CSV file for the table, one row per run")
+
     power = subcommands.add_parser("power", help="what the collapse study's tests can detect, before it runs")
     power.add_argument("--runs-per-arm", type=int, nargs="+", default=[40, 50, 100], help="competent runs per cell")
     power.add_argument("--baseline-rates", type=float, nargs="+", default=[0.3, 0.5, 0.7], help="PPO's event rate")
@@ -476,6 +485,14 @@ def main(argv: list[str] | None = None) -> int:
 
         verdicts = write_sensitivity_report(args.runs, args.study, args.output, bootstrap_reps=args.bootstrap_reps)
         print("\n".join(f"{row.task}, {row.option}: {row.verdict}" for row in verdicts.itertuples()))
+    elif args.command == "compare-runs":
+        from sb3_ppo_variants.benchmark.replication import compare_runs, format_comparison
+
+        table = compare_runs(args.first, args.second)
+        if args.output is not None:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            table.to_csv(args.output, index=False)
+        print(format_comparison(table), end="")
     elif args.command == "power":
         from sb3_ppo_variants.benchmark.power import format_power_report
 
