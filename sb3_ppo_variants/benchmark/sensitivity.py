@@ -16,10 +16,11 @@ from pathlib import Path
 import pandas as pd
 
 from sb3_ppo_variants.benchmark.algorithms import OPTIONS_SEPARATOR
-from sb3_ppo_variants.benchmark.collapse_study import score_intervals
+from sb3_ppo_variants.benchmark.collapse_study import SETTING, score_intervals
 from sb3_ppo_variants.benchmark.extension_study import (
     BASELINE,
     PREREGISTERED_ARMS,
+    STUDY_SEEDS,
     binary_table,
     effects_table,
     instability_table,
@@ -50,20 +51,27 @@ def _order(name: str) -> tuple[int, str, tuple[int, float | str]]:
 
 
 def sensitivity_table(
-    neighbours: pd.DataFrame, study: pd.DataFrame, baseline: str = BASELINE, reps: int = 2000
+    neighbours: pd.DataFrame,
+    study: pd.DataFrame,
+    baseline: str = BASELINE,
+    reps: int = 2000,
+    planned_seeds: int = STUDY_SEEDS,
 ) -> pd.DataFrame:
     """Per neighbour arm (``neighbours``' ``NAME@KEY=VALUE`` algorithms) and per option at its constant
     (``study``'s arm of the neighbour's base name): ``effects_table``'s columns against ``study``'s
     ``baseline`` of the same setting, Holm over the neighbour arms only (the options at their constants keep the
-    study's own Holm family, so here they get Fisher's p without it), and ``option`` / ``constants``."""
+    study's own Holm family, so here they get Fisher's p without it), ``option`` / ``constants``, and the runs
+    with whether the cell has ``planned_seeds`` of them."""
     arms = sorted({name for name in neighbours["algorithm"] if option_of(name)[1]}, key=_order)
     if not arms:
         return pd.DataFrame()
     options = {option_of(arm)[0] for arm in arms}
     reference = study[study["algorithm"].isin({baseline, *options})]
     runs = pd.concat([neighbours[neighbours["algorithm"].isin(arms)], reference], ignore_index=True)
-    primary = binary_table(runs, "any_drop", "", baseline, arms)
+    primary = binary_table(runs, "any_drop", "", baseline, arms, planned_seeds)
     table = effects_table(primary, instability_table(runs, "", baseline, arms, reps), score_intervals(runs, reps=reps))
+    counts = primary.set_index([*SETTING, "algorithm"])[["runs", "complete"]]
+    table = table.join(counts, on=[*SETTING, "algorithm"])
     table["option"] = [option_of(name)[0] for name in table["algorithm"]]
     table["constants"] = [option_of(name)[1] or "(the study's)" for name in table["algorithm"]]
     table["neighbour"] = table["algorithm"].isin(arms)
@@ -74,19 +82,27 @@ def sensitivity_table(
 
 def robustness(table: pd.DataFrame) -> pd.DataFrame:
     """Per setting and option with neighbours: ``holds`` when every neighbour reads *reduces*, else the
-    neighbours that do not, with their readings."""
+    neighbours that do not, with their readings; ``incomplete`` while a neighbour has fewer runs than the study's
+    seeds."""
     rows = []
     for (task, option), group in table[table["neighbour"]].groupby(["task", "option"], sort=False):
         others = group[group["reading"] != REDUCES]
+        unfinished = group[~group["complete"].astype(bool)]
+        if not unfinished.empty:
+            verdict = "incomplete: " + "; ".join(
+                f"{row.constants} has {row.runs} runs" for row in unfinished.itertuples()
+            )
+        elif others.empty:
+            verdict = "holds"
+        else:
+            verdict = "not at " + "; ".join(f"{row.constants} ({row.reading})" for row in others.itertuples())
         rows.append(
             {
                 "task": task,
                 "option": option,
                 "neighbours": len(group),
                 "reduce": int((group["reading"] == REDUCES).sum()),
-                "verdict": "holds"
-                if others.empty
-                else "not at " + "; ".join(f"{row.constants} ({row.reading})" for row in others.itertuples()),
+                "verdict": verdict,
             }
         )
     return pd.DataFrame(rows)
@@ -116,7 +132,11 @@ def format_sensitivity_report(table: pd.DataFrame, verdicts: pd.DataFrame) -> st
 
 
 def write_sensitivity_report(
-    neighbour_directories: Sequence[Path], study_directories: Sequence[Path], output: Path, bootstrap_reps: int = 2000
+    neighbour_directories: Sequence[Path],
+    study_directories: Sequence[Path],
+    output: Path,
+    bootstrap_reps: int = 2000,
+    planned_seeds: int = STUDY_SEEDS,
 ) -> pd.DataFrame:
     """``sensitivity_table`` and ``robustness`` of the runs under the directories (``load_runs``) into
     ``sensitivity.csv``, ``sensitivity_verdicts.csv`` and ``sensitivity.md`` under ``output``; the verdicts."""
@@ -126,7 +146,7 @@ def write_sensitivity_report(
         raise SystemExit(str(error)) from None
     if neighbours.empty:
         raise SystemExit(f"no run files under {list(map(str, neighbour_directories))}")
-    table = sensitivity_table(neighbours, study, reps=bootstrap_reps)
+    table = sensitivity_table(neighbours, study, reps=bootstrap_reps, planned_seeds=planned_seeds)
     if table.empty:
         raise SystemExit("no neighbour arm (NAME@KEY=VALUE) among the runs")
     used = pd.concat([neighbours, study[study["algorithm"].isin(set(table["algorithm"]))]])
