@@ -33,7 +33,7 @@ from sb3_ppo_variants.benchmark.extension_study import (
 )
 from sb3_ppo_variants.benchmark.provenance import machine
 from sb3_ppo_variants.benchmark.replication import compare_runs, format_comparison
-from sb3_ppo_variants.benchmark.sensitivity import write_sensitivity_report
+from sb3_ppo_variants.benchmark.sensitivity import SENSITIVITY_ARMS, write_sensitivity_report
 from sb3_ppo_variants.benchmark.tasks import TASKS
 
 SHARED = "pilot/CartPole-v1-shared"
@@ -493,17 +493,20 @@ def test_the_sensitivity_reruns_against_the_studys_ppo_and_option(tmp_path: Path
     assert table["any_drop"].tolist() == [10, 0, 1, 9] and table["competent"].tolist() == [12] * 4
     p_low = scipy_fisher_exact([[1, 11], [10, 2]]).pvalue
     p_high = scipy_fisher_exact([[9, 3], [10, 2]]).pvalue
-    # Holm over the two neighbour arms; the option at its constant keeps the study's family (no Holm here)
-    assert table["p_holm"].iloc[2:].tolist() == pytest.approx([2 * p_low, 1.0])
+    # Holm over the 16 planned neighbour arms, those not run at p = 1; the option at its constant keeps the
+    # study's family (no Holm here)
+    assert table["p_holm"].iloc[2:].tolist() == pytest.approx([16 * p_low, 1.0])
     assert math.isnan(table["p_holm"].iloc[1])
     assert table["reading"].iloc[2:].tolist() == ["reduces", "no detectable difference at this sample size"]
     assert table["rate_ratio"].iloc[2] == pytest.approx((1 / 12) / (10 / 12))
-    assert p_high > 0.05 and 2 * p_low < 0.05
+    assert p_high > 0.05 and 16 * p_low < 0.05
     verdicts = pd.read_csv(output / "sensitivity_verdicts.csv")
     assert verdicts["verdict"].tolist() == [
         "not at kl_penalty_target=0.02 (no detectable difference at this sample size)"
     ]
-    assert "- pilot/CartPole-v1-separate, kl: not at kl_penalty_target=0.02" in (output / "sensitivity.md").read_text()
+    report = (output / "sensitivity.md").read_text()
+    assert "- pilot/CartPole-v1-separate, kl: not at kl_penalty_target=0.02" in report
+    assert "Holm over the 16 neighbour arms planned" in report
     # every neighbour reducing: the reduction holds
     for seed in range(12):
         write_run(reruns, SEPARATE, "kl@kl_penalty_target=0.02", seed, STEADY)
@@ -537,3 +540,9 @@ def test_compare_runs_finds_the_step_where_two_grids_runs_of_a_seed_part(
     )
     assert len(pd.read_csv(tmp_path / "table.csv")) == 3
     assert format_comparison(compare_runs(first, tmp_path / "nothing")) == "no run is in both grids\n"
+
+
+def test_the_sensitivity_family_is_the_documented_command_s_arms() -> None:
+    document = (Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md").read_text()
+    (command,) = [line for line in document.splitlines() if "--runs benchmark_runs/extension_sensitivity" in line]
+    assert tuple(command.split("--algorithms ")[1].split()) == SENSITIVITY_ARMS
