@@ -544,5 +544,10 @@ def test_compare_runs_finds_the_step_where_two_grids_runs_of_a_seed_part(
 
 def test_the_sensitivity_family_is_the_documented_command_s_arms() -> None:
     document = (Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md").read_text()
-    (command,) = [line for line in document.splitlines() if "--runs benchmark_runs/extension_sensitivity" in line]
+    (command,) = [
+        line
+        for line in document.splitlines()
+        if line.startswith("python -m sb3_ppo_variants.benchmark collapse")
+        and "--runs benchmark_runs/extension_sensitivity --tasks pilot/" in line
+    ]
     assert tuple(command.split("--algorithms ")[1].split()) == SENSITIVITY_ARMS
