@@ -475,6 +475,8 @@ def test_the_sensitivity_reruns_against_the_studys_ppo_and_option(tmp_path: Path
         write_run(study, SEPARATE, "logit", seed, TRANSIENT)  # not rerun: not in the table
         write_run(reruns, SEPARATE, "kl@kl_penalty_target=0.02", seed, TRANSIENT if seed < 9 else STEADY)  # 9/12
         write_run(reruns, SEPARATE, "kl@kl_penalty_target=0.005", seed, TRANSIENT if seed < 1 else STEADY)  # 1/12
+        write_run(study, SHARED, "ppo", seed, STEADY)  # a setting the reruns did not run: not in the table
+        write_run(study, SHARED, "kl", seed, STEADY)
     output = tmp_path / "out"
     # the command plans the study's 50 seeds: 12 are not yet an answer
     command = ["sensitivity", "--runs", str(reruns), "--study", str(study), "--output", str(output)]
@@ -484,6 +486,7 @@ def test_the_sensitivity_reruns_against_the_studys_ppo_and_option(tmp_path: Path
     ]
     write_sensitivity_report([reruns], [study], output, bootstrap_reps=20, planned_seeds=12)
     table = pd.read_csv(output / "sensitivity.csv")
+    assert set(table["task"]) == {SEPARATE}
     assert table["algorithm"].tolist() == [
         "ppo",
         "kl",

@@ -79,16 +79,20 @@ def sensitivity_table(
     planned_seeds: int = STUDY_SEEDS,
 ) -> pd.DataFrame:
     """Per neighbour arm (``neighbours``' ``NAME@KEY=VALUE`` algorithms) and per option at its constant
-    (``study``'s arm of the neighbour's base name): ``effects_table``'s columns against ``study``'s
-    ``baseline`` of the same setting, Holm over ``SENSITIVITY_ARMS`` and any other neighbour arm given (the
-    options at their constants keep the
-    study's own Holm family, so here they get Fisher's p without it), ``option`` / ``constants``, and the runs
-    with whether the cell has ``planned_seeds`` of them."""
+    (``study``'s arm of the neighbour's base name), in the settings the neighbours ran: ``effects_table``'s
+    columns against ``study``'s ``baseline`` of the same setting, with Holm over ``SENSITIVITY_ARMS`` and any
+    other neighbour arm given (the options at their constants keep the study's own Holm family, so here they get
+    Fisher's p without it), ``option`` / ``constants``, and the runs with whether the cell has
+    ``planned_seeds`` of them."""
     arms = sorted({name for name in neighbours["algorithm"] if option_of(name)[1]}, key=_order)
     if not arms:
         return pd.DataFrame()
     options = {option_of(arm)[0] for arm in arms}
-    reference = study[study["algorithm"].isin({baseline, *options})]
+    settings = set(neighbours.loc[neighbours["algorithm"].isin(arms), SETTING].itertuples(index=False, name=None))
+    in_setting = pd.Series(
+        [setting in settings for setting in study[SETTING].itertuples(index=False, name=None)], index=study.index
+    )
+    reference = study[study["algorithm"].isin({baseline, *options}) & in_setting]
     runs = pd.concat([neighbours[neighbours["algorithm"].isin(arms)], reference], ignore_index=True)
     family = [*SENSITIVITY_ARMS, *(arm for arm in arms if arm not in SENSITIVITY_ARMS)]
     primary = binary_table(runs, "any_drop", "", baseline, family, planned_seeds)
