@@ -3,10 +3,9 @@
 An option that reduced PPO's drops is rerun with its constant one step each way (``NAME@KEY=VALUE`` arms, such
 as ``kl@kl_penalty_target=0.005``) on one setting. Each neighbour is compared with PPO of the same setting by
 the study's primary endpoint (any drop after competence; Fisher's exact test, Holm over the planned neighbour
-arms, ``SENSITIVITY_ARMS``),
-beside the option at its own constant, from the study's runs of that setting. The reading per option, fixed
-before the reruns ran: its reduction **holds** when every neighbour reads *reduces*; otherwise the neighbours
-where it does not are named. Descriptive, not a test of the primary claim.
+arms, ``SENSITIVITY_ARMS``), beside the option at its own constant, from the study's runs of that setting. The
+reading per option, fixed before the reruns ran: its reduction **holds** when every neighbour reads *reduces*;
+otherwise the neighbours where it does not are named. Descriptive, not a test of the primary claim.
 """
 
 from __future__ import annotations
