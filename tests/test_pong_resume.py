@@ -6,9 +6,11 @@ import sys
 import time
 import zipfile
 
+import gymnasium as gym
 import pytest
 import torch as th
 import yaml
+from gymnasium.wrappers import TimeAwareObservation
 
 from sb3_ppo_variants import LogitPPO
 from sb3_ppo_variants.benchmark import pong
@@ -195,3 +197,20 @@ def test_train_runs_the_algorithms_at_once_and_snapshots_them_when_they_end(tmp_
     exit_codes["ppo"] = 0
     logs = tmp_path / "more_logs"
     assert pong.train(logs, tmp_path / "more_runs", ["ppo_logit", "ppo"], TARGET, snapshot_every=60) == 0
+
+
+def test_evaluate_wraps_both_modes_environments_as_the_run_was_trained(tmp_path):
+    """The run's ``env_wrapper`` (AtariWrapper for Pong) wraps the greedy and the sampled games alike."""
+    th.set_num_threads(1)
+    logs, runs, env_id = tmp_path / "logs", tmp_path / "runs", "CartPole-v1"
+    folder = logs / "ppo_logit" / f"{env_id}_1"
+    _run_folder(folder, env_id=env_id)
+    (runs / "ppo_logit").mkdir(parents=True)
+    wrapper = "gymnasium.wrappers.TimeAwareObservation"  # changes the observation space: (4,) to (5,)
+    (folder / env_id / "config.yml").write_text(yaml.safe_dump({"n_envs": 1, "env_wrapper": [wrapper]}))
+    env = TimeAwareObservation(gym.make(env_id))
+    LogitPPO("MlpPolicy", env, n_steps=64, seed=0).save(folder / "rl_model_64_steps.zip")
+    evaluation = pong.evaluate(logs, runs, "ppo_logit", 64, episodes=1, env_id=env_id)
+    assert evaluation["steps"] == 64
+    for mode in ("deterministic", "stochastic"):
+        assert len(evaluation[mode]["scores"]) == 1 and 8 <= evaluation[mode]["scores"][0] <= 500

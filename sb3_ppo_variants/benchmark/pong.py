@@ -264,9 +264,10 @@ def evaluate(
         "seed": seed,
     }
     for mode in ("deterministic", "stochastic"):
+        # a copy each time: create_test_env deletes the env_wrapper (AtariWrapper) from the dict it is given
         env = create_test_env(
             env_id, n_envs=1, stats_path=stats_path, seed=seed, log_dir=None, should_render=False,
-            hyperparams=hyperparams,
+            hyperparams=dict(hyperparams),
         )  # fmt: skip
         model = ALGOS[algo].load(checkpoint.path, env=env, device="cpu")
         # the Monitor inside AtariWrapper gives full games and the unclipped score
