@@ -92,6 +92,25 @@ def test_the_cnn_network_is_sb3s_policy_with_minatar_cnn():
     th.testing.assert_close(filters @ filters.T, 2.0 * th.eye(16), atol=1e-5, rtol=1e-5)
 
 
+def test_the_wide_layers_gradients_are_autograds_through_baddbmm():
+    from sb3_ppo_variants.batched.network import _linear, _WideLinear
+
+    generator = th.Generator().manual_seed(0)
+    inputs, weight, bias = (
+        th.randn(shape, generator=generator, requires_grad=True) for shape in ((3, 64, 1024), (3, 128, 1024), (3, 128))
+    )
+    upstream = th.randn(3, 64, 128, generator=generator)
+    expected = th.autograd.grad((_linear(inputs, weight, bias) * upstream).sum(), (inputs, weight, bias))
+    outputs = _WideLinear.apply(inputs, weight, bias)
+    th.testing.assert_close(outputs, _linear(inputs, weight, bias), rtol=0, atol=0)
+    gradients = th.autograd.grad((outputs * upstream).sum(), (inputs, weight, bias))
+    for got, want, name in zip(gradients, expected, "xwb", strict=True):
+        th.testing.assert_close(got, want, rtol=1e-6, atol=1e-5, msg=name)
+    # observations need no gradient: only the parameters' are computed
+    gradients = th.autograd.grad((_WideLinear.apply(inputs.detach(), weight, bias) * upstream).sum(), (weight, bias))
+    th.testing.assert_close(gradients[0], expected[1], rtol=1e-6, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "options",
     [{}, dict(delta_target_policy="logit"), dict(value_grad_rescaling="per_state"), dict(feature_drift_coef=1.0)],

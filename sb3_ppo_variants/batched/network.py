@@ -56,6 +56,27 @@ def _linear(inputs: th.Tensor, weight: th.Tensor, bias: th.Tensor) -> th.Tensor:
     return th.baddbmm(bias.unsqueeze(1), inputs, weight.transpose(1, 2))
 
 
+class _WideLinear(th.autograd.Function):
+    """``_linear`` whose weight gradient is computed as ``gᵀ x``, ``(S, out, in)`` in the weight's own layout.
+
+    Autograd's ``baddbmm`` computes it as ``xᵀ g``, ``(S, in, out)``, and copies its transpose into the weight's
+    layout: for ``MinAtarCNN``'s 1024 → 128 layer that copy and the product's orientation cost more than the
+    product itself (the network's forward and backward pass is about 1.3–1.6× faster this way on one CPU thread,
+    the copy about 10 % of an update). For that layer's shape the two orientations give the same values here;
+    for narrow inputs (CartPole's 4) they differ in the last bit, so the MLPs keep ``_linear``."""
+
+    @staticmethod
+    def forward(ctx: Any, inputs: th.Tensor, weight: th.Tensor, bias: th.Tensor) -> th.Tensor:
+        ctx.save_for_backward(inputs, weight)
+        return _linear(inputs, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, gradient: th.Tensor) -> tuple[th.Tensor | None, th.Tensor, th.Tensor]:
+        inputs, weight = ctx.saved_tensors
+        inputs_gradient = th.bmm(gradient, weight) if ctx.needs_input_grad[0] else None
+        return inputs_gradient, th.bmm(gradient.transpose(1, 2), inputs), gradient.sum(1)
+
+
 def _convolution(inputs: th.Tensor, weight: th.Tensor, bias: th.Tensor) -> th.Tensor:
     """A valid, stride-1 ``Conv2d`` for every agent: inputs ``(S, B, C, H, W)``, weight ``(S, F, C, k, k)``, bias
     ``(S, F)``; ``(S, B, F, H − k + 1, W − k + 1)``. One grouped convolution, the agents as groups."""
@@ -235,7 +256,8 @@ class StackedActorCritic:
             inputs = th.relu(_convolution(inputs, parameters[f"{layer}.weight"], parameters[f"{layer}.bias"]))
         inputs = inputs.flatten(2)
         for layer in self.dense_layers:
-            pre_activations.append(_linear(inputs, parameters[f"{layer}.weight"], parameters[f"{layer}.bias"]))
+            weight, bias = parameters[f"{layer}.weight"], parameters[f"{layer}.bias"]
+            pre_activations.append(_WideLinear.apply(inputs, weight, bias))
             inputs = th.relu(pre_activations[-1])
         return inputs
 

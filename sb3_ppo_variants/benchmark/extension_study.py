@@ -257,17 +257,17 @@ def load_runs(directories: Path | Sequence[Path], definition: CollapseDefinition
 
 
 def task_kind(task_name: str) -> dict[str, str]:
-    """The environment, trunk (``separate``: ``MlpPolicy``; ``shared``: the 64-64 ``MlpTrunk``) and rollout
-    shape of a task."""
+    """The environment, trunk (``separate``: ``MlpPolicy``; ``shared``: the 64-64 ``MlpTrunk`` or
+    ``MinAtarCNN``, one features extractor for both heads) and rollout shape of a task."""
     from sb3_ppo_variants.benchmark.tasks import TASKS
-    from sb3_ppo_variants.policies import MlpTrunk
+    from sb3_ppo_variants.policies import MinAtarCNN, MlpTrunk
 
     task = TASKS[task_name]
     hyperparameters = task.hyperparameters
     extractor = (hyperparameters.get("policy_kwargs") or {}).get("features_extractor_class")
     return {
         "environment": task.env_id,
-        "trunk": "shared" if extractor is MlpTrunk else "separate",
+        "trunk": "shared" if extractor in (MlpTrunk, MinAtarCNN) else "separate",
         "rollout": (
             f"{task.n_envs}×{hyperparameters['n_steps']}, minibatch {hyperparameters.get('batch_size', 64)}, "
             f"{hyperparameters.get('n_epochs', 10)} epochs"

@@ -216,3 +216,21 @@ TASKS.update(
         "pilot/Acrobot-v1-shared-zoo": _pilot("Acrobot-v1", True, *_ACROBOT_SCORES, shape=ZOO_ROLLOUT_SHAPE),
     }
 )
+
+
+# the extension's image candidate (docs/benchmarks.md, 2026-12-06): MinAtar Breakout with the shared CNN of
+# ``MinAtar/Breakout-v1-cnn`` and its normalisation, in the pilot's two rollout shapes and its other values
+_MINATAR_SCORES = (
+    TASKS["MinAtar/Breakout-v1"].random_score,
+    TASKS["MinAtar/Breakout-v1"].max_score,
+    TASKS["MinAtar/Breakout-v1"].threshold,
+)
+_MINATAR_CNN: dict[str, Any] = dict(policy_kwargs=TASKS["MinAtar/Breakout-v1-cnn"].hyperparameters["policy_kwargs"])
+TASKS.update(
+    {
+        "pilot/MinAtar-Breakout-v1-cnn": _pilot("MinAtar/Breakout-v1", False, *_MINATAR_SCORES, shape=_MINATAR_CNN),
+        "pilot/MinAtar-Breakout-v1-cnn-zoo": _pilot(
+            "MinAtar/Breakout-v1", False, *_MINATAR_SCORES, shape={**_MINATAR_CNN, **ZOO_ROLLOUT_SHAPE}
+        ),
+    }
+)
