@@ -82,3 +82,40 @@ def test_throughput_of_the_eager_engine(tmp_path: Path) -> None:
     assert result["profile"]["timesteps"] == 256 and "step_without_profiler_ms" not in result["minibatch"]
     markdown = (output / "throughput.md").read_text()
     assert "| batched | 2 | 2,048 |" in markdown and f"Batched / SB3: ×{ratio:.1f} per CPU-second" in markdown
+
+
+def test_throughput_side_by_side_trains_both_engines_at_once(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    arguments = ["throughput", "--output", str(output), "--algorithms", "ppo", "--seeds", "0", "1", "--workers", "2"]
+    with pytest.raises(SystemExit, match="--side-by-side trains one batched grid"):
+        main([*arguments, "--side-by-side", "--compile"])
+    sizes = ["--timesteps", "256", "--sb3-seeds", "1", "--group-size", "2", "--scaling-sizes", "1"]
+    assert main([*arguments, *sizes, "--side-by-side"]) == 0
+    result = json.loads((output / "throughput.json").read_text())
+    assert (result["batched"]["runs"], result["sb3"]["runs"]) == (2, 1)
+    assert (result["batched"]["steps"], result["sb3"]["steps"]) == (2 * 1024, 1024)
+    for engine in ("batched", "sb3"):
+        entry = result[engine]
+        assert entry["workers"] == 1 and entry["cpu_seconds"] > 0 and entry["peak_worker_rss_gib"] > 0.1
+        assert entry["steps_per_cpu_second"] == entry["steps"] / entry["cpu_seconds"]
+    ratio = result["batched"]["steps_per_cpu_second"] / result["sb3"]["steps_per_cpu_second"]
+    assert result["ratio_per_cpu_second"] == pytest.approx(ratio) and result["settings"]["side_by_side"] is True
+    assert (
+        "Side by side: both engines trained at the same time, 1 worker process(es) each"
+        in (output / "throughput.md").read_text()
+    )
+
+
+def test_side_by_side_stops_the_other_command_when_one_fails(tmp_path: Path) -> None:
+    import sys
+
+    from sb3_ppo_variants.benchmark.throughput import _side_by_side
+
+    commands = {
+        "batched": [sys.executable, "-c", "import time; time.sleep(60)"],
+        "sb3": [sys.executable, "-c", "print('no such task'); raise SystemExit(3)"],
+    }
+    with pytest.raises(RuntimeError, match=r"the sb3 engine's command failed \(3\):\nno such task"):
+        _side_by_side(commands, tmp_path)
+    measured = _side_by_side({"sb3": [sys.executable, "-c", "sum(range(10**7))"]}, tmp_path)
+    assert 0 < measured["sb3"]["cpu_seconds"] and 0 < measured["sb3"]["wall_seconds"] < 60

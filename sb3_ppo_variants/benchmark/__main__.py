@@ -248,6 +248,12 @@ def main(argv: list[str] | None = None) -> int:
         help="with --compile, train the batched grid with its compiled step only (long budgets)",
     )
     throughput.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="train the two engines at the same time, each with half of --workers, so that a change in the "
+        "machine's speed during the command slows both alike (one batched grid: with --compile, --compiled-only)",
+    )
+    throughput.add_argument(
         "--profile-timesteps",
         type=_positive_int,
         default=None,
@@ -445,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.compiled_only and not args.compile:
             raise SystemExit("--compiled-only needs --compile")
+        if args.side_by_side and args.compile and not args.compiled_only:
+            raise SystemExit("--side-by-side trains one batched grid: with --compile, give --compiled-only too")
         result = run_throughput(
             args.output,
             _parse_tasks([args.task], [])[0],
@@ -459,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
             args.compile,
             args.compiled_only,
             args.profile_timesteps,
+            args.side_by_side,
         )
         print(throughput_markdown(result), end="")
     elif args.command == "pilot":

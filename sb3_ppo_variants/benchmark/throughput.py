@@ -12,6 +12,11 @@ depend on how busy the machine is with other work as much as wall-clock time wou
 the peak resident memory of the largest worker process are reported too. The batched engine's time is then
 broken down by a ``cProfile`` of one group trained in this process: collecting rollouts (of which stepping the
 vectorised environments), updating, and evaluating.
+
+With ``side_by_side`` the two engines train at the same time instead of one after the other, each as its own
+``collapse`` command with half of ``--workers`` (at least one), and each engine's CPU seconds and peak memory
+are its command's (``os.wait4``): a change in the machine's speed during the measurement (a shared virtual
+machine's neighbours, its clock) then slows both engines alike instead of moving their ratio.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import json
 import os
 import pstats
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -200,6 +207,65 @@ def profile_group(
     }
 
 
+def _collapse_command(
+    directory: Path,
+    task: str,
+    algorithms: list[str],
+    seeds: list[int],
+    learning_rate_scale: float,
+    timesteps: int,
+    workers: int,
+    batched: dict[str, Any] | None,
+) -> list[str]:
+    """The ``collapse`` command that trains the grid into ``directory``; ``batched``: the batched engine with
+    its ``group_size`` and ``compile_step``, ``None``: the SB3 engine."""
+    command = [sys.executable, "-m", "sb3_ppo_variants.benchmark", "collapse", "--runs", str(directory)]
+    command += ["--tasks", task, "--algorithms", *algorithms, "--seeds", *map(str, seeds)]
+    command += ["--lr-scales", repr(learning_rate_scale), "--timesteps", str(timesteps)]
+    command += ["--threads", "1", "--workers", str(workers)]
+    if batched is not None:
+        command += ["--engine", "batched", "--group-size", str(batched["group_size"])]
+        command += ["--compile"] if batched["compile_step"] else []
+    return command
+
+
+def _side_by_side(commands: dict[str, list[str]], folder: Path) -> dict[str, dict[str, float]]:
+    """Run the commands at once; each one's wall-clock and CPU seconds (its own and its workers', from
+    ``os.wait4``) and its peak resident memory (the largest of its processes, GiB).
+
+    :raises RuntimeError: with the output's end, when a command fails.
+    """
+    start = time.perf_counter()
+    processes, logs = {}, {}
+    for engine, command in commands.items():
+        logs[engine] = folder / f"{engine}.log"
+        with logs[engine].open("w") as log:
+            processes[engine] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    measured: dict[str, dict[str, float]] = {}
+    while len(measured) < len(processes):
+        for engine, process in processes.items():
+            if engine in measured:
+                continue
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid == 0:
+                continue
+            process.returncode = os.waitstatus_to_exitcode(status)
+            if process.returncode != 0:
+                for other in processes.values():
+                    if other.returncode is None:
+                        other.kill()
+                        other.wait()
+                tail = logs[engine].read_text()[-2000:]
+                raise RuntimeError(f"the {engine} engine's command failed ({process.returncode}):\n{tail}")
+            measured[engine] = {
+                "wall_seconds": time.perf_counter() - start,
+                "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                "peak_worker_rss_gib": usage.ru_maxrss / 2**20,
+            }
+        time.sleep(0.1)
+    return measured
+
+
 def measure_throughput(
     task: str,
     algorithms: list[str],
@@ -211,10 +277,13 @@ def measure_throughput(
     group_size: int,
     compile_step: bool = False,
     compiled_only: bool = False,
+    side_by_side: bool = False,
 ) -> dict[str, Any]:
     """Both engines on the grid; steps, seconds and steps per CPU-second each, and their ratio; with
     ``compile_step`` the batched engine a second time with its step compiled (``batched_compiled``), its
-    compilations included; with ``compiled_only`` as well, the compiled step only."""
+    compilations included; with ``compiled_only`` as well, the compiled step only. With ``side_by_side`` the
+    batched grid (one: the compiled step with ``compile_step``) and the SB3 grid train at the same time, each
+    with half of the ``workers``."""
     from sb3_ppo_variants.benchmark.batched_runs import run_batched_grid
     from sb3_ppo_variants.benchmark.runs import run_grid
 
@@ -223,9 +292,30 @@ def measure_throughput(
         if not compile_step:
             raise ValueError("compiled_only needs compile_step")
         engines = engines[1:]
+    if side_by_side and len(engines) != 1:
+        raise ValueError("side_by_side trains one batched grid: with compile_step, give compiled_only too")
+    sb3_grid_seeds = seeds[:sb3_seeds]
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as folder:
-        for engine, compiled in engines:
+        if side_by_side:
+            (engine, compiled), half = engines[0], max(1, workers // 2)
+            batched = {"group_size": group_size, "compile_step": compiled}
+            commands = {
+                engine: _collapse_command(
+                    Path(folder) / engine, task, algorithms, seeds, learning_rate_scale, timesteps, half, batched
+                ),
+                "sb3": _collapse_command(
+                    Path(folder) / "sb3", task, algorithms, sb3_grid_seeds, learning_rate_scale, timesteps, half, None
+                ),
+            }
+            with _environment(TORCHINDUCTOR_COMPILE_THREADS="1", TORCHINDUCTOR_CACHE_DIR=str(Path(folder) / "cache")):
+                results.update(_side_by_side(commands, Path(folder)))
+            results[engine]["runs"] = len(grid([task], algorithms, seeds, [learning_rate_scale]))
+            results["sb3"]["runs"] = len(grid([task], algorithms, sb3_grid_seeds, [learning_rate_scale]))
+            for name in (engine, "sb3"):
+                results[name]["steps"] = _steps(Path(folder) / name)
+                results[name]["workers"] = half
+        for engine, compiled in [] if side_by_side else engines:
             directory = Path(folder) / engine
             before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
             # each worker compiles in its own process, so that getrusage counts the compilations' CPU time, from
@@ -251,15 +341,12 @@ def measure_throughput(
             )
             results[engine]["runs"] = len(grid([task], algorithms, seeds, [learning_rate_scale]))
             results[engine]["steps"] = _steps(directory)
-        sb3 = Path(folder) / "sb3"
-        sb3_grid_seeds = seeds[:sb3_seeds]
-        results["sb3"] = _measured(
-            lambda: run_grid(
-                sb3, [task], algorithms, sb3_grid_seeds, [learning_rate_scale], timesteps, threads=1, workers=workers
-            )
-        )
-        results["sb3"]["runs"] = len(grid([task], algorithms, sb3_grid_seeds, [learning_rate_scale]))
-        results["sb3"]["steps"] = _steps(sb3)
+        if not side_by_side:
+            sb3 = Path(folder) / "sb3"
+            sb3_grid = partial(run_grid, sb3, [task], algorithms, sb3_grid_seeds, [learning_rate_scale], timesteps)
+            results["sb3"] = _measured(partial(sb3_grid, threads=1, workers=workers))
+            results["sb3"]["runs"] = len(grid([task], algorithms, sb3_grid_seeds, [learning_rate_scale]))
+            results["sb3"]["steps"] = _steps(sb3)
     for entry in results.values():
         entry["steps_per_cpu_second"] = entry["steps"] / entry["cpu_seconds"]
         entry["steps_per_wall_second"] = entry["steps"] / entry["wall_seconds"]
@@ -279,6 +366,14 @@ def throughput_markdown(result: dict[str, Any]) -> str:
         f"Grid: {settings['task']}, {len(settings['algorithms'])} arms, learning rate × {settings['lr_scale']:g}, "
         f"{settings['timesteps']} steps per run, {settings['workers']} worker process(es), 1 torch thread each, "
         f"batched groups of at most {settings.get('group_size', len(settings['seeds']))} agents.",
+    ]
+    if settings.get("side_by_side"):
+        half = max(1, settings["workers"] // 2)
+        lines.append(
+            f"Side by side: both engines trained at the same time, {half} worker process(es) each; each engine's "
+            "CPU and wall seconds are its own command's."
+        )
+    lines += [
         "",
         "| engine | runs | environment steps | CPU seconds | wall seconds | steps per CPU-second |",
         "|---|---|---|---|---|---|",
@@ -362,6 +457,7 @@ def run_throughput(
     compile_step: bool = False,
     compiled_only: bool = False,
     profile_timesteps: int | None = None,
+    side_by_side: bool = False,
 ) -> dict[str, Any]:
     """Measure, profile, and write ``throughput.json`` and ``throughput.md`` into ``output``; with
     ``compile_step`` the batched engine's compiled step too (alone with ``compiled_only``). The profile trains
@@ -378,6 +474,7 @@ def run_throughput(
         group_size,
         compile_step,
         compiled_only,
+        side_by_side,
     )
     profile_timesteps = profile_timesteps or timesteps
     result["profile"] = profile_group(task, algorithms, seeds, learning_rate_scale, profile_timesteps, group_size)
@@ -396,6 +493,7 @@ def run_throughput(
         "compile_step": compile_step,
         "compiled_only": compiled_only,
         "profile_timesteps": profile_timesteps,
+        "side_by_side": side_by_side,
     }
     result["provenance"] = provenance()
     output.mkdir(parents=True, exist_ok=True)
