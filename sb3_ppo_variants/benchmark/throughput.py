@@ -294,59 +294,53 @@ def measure_throughput(
         engines = engines[1:]
     if side_by_side and len(engines) != 1:
         raise ValueError("side_by_side trains one batched grid: with compile_step, give compiled_only too")
-    sb3_grid_seeds = seeds[:sb3_seeds]
+    sb3_seeds_run = seeds[:sb3_seeds]
+
+    def runs(engine_seeds: list[int]) -> int:
+        return len(grid([task], algorithms, engine_seeds, [learning_rate_scale]))
+
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as folder:
+    # each worker compiles in its own process, so that its CPU time counts the compilations, from an empty
+    # on-disk cache, so that no compilation of an earlier command is reused
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        _environment(TORCHINDUCTOR_COMPILE_THREADS="1", TORCHINDUCTOR_CACHE_DIR=str(Path(folder) / "cache")),
+    ):
         if side_by_side:
             (engine, compiled), half = engines[0], max(1, workers // 2)
             batched = {"group_size": group_size, "compile_step": compiled}
+            grid_seeds = {engine: seeds, "sb3": sb3_seeds_run}
             commands = {
-                engine: _collapse_command(
-                    Path(folder) / engine, task, algorithms, seeds, learning_rate_scale, timesteps, half, batched
-                ),
-                "sb3": _collapse_command(
-                    Path(folder) / "sb3", task, algorithms, sb3_grid_seeds, learning_rate_scale, timesteps, half, None
-                ),
-            }
-            with _environment(TORCHINDUCTOR_COMPILE_THREADS="1", TORCHINDUCTOR_CACHE_DIR=str(Path(folder) / "cache")):
-                results.update(_side_by_side(commands, Path(folder)))
-            results[engine]["runs"] = len(grid([task], algorithms, seeds, [learning_rate_scale]))
-            results["sb3"]["runs"] = len(grid([task], algorithms, sb3_grid_seeds, [learning_rate_scale]))
-            for name in (engine, "sb3"):
-                results[name]["steps"] = _steps(Path(folder) / name)
-                results[name]["workers"] = half
-        for engine, compiled in [] if side_by_side else engines:
-            directory = Path(folder) / engine
-            before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-            # each worker compiles in its own process, so that getrusage counts the compilations' CPU time, from
-            # an empty on-disk cache, so that no compilation of an earlier command is reused
-            with _environment(TORCHINDUCTOR_COMPILE_THREADS="1", TORCHINDUCTOR_CACHE_DIR=str(Path(folder) / "cache")):
-                results[engine] = _measured(
-                    partial(
-                        run_batched_grid,
-                        directory,
-                        [task],
-                        algorithms,
-                        seeds,
-                        [learning_rate_scale],
-                        timesteps,
-                        workers=workers,
-                        group_size=group_size,
-                        compile_step=compiled,
-                    )
+                name: _collapse_command(
+                    Path(folder) / name,
+                    task,
+                    algorithms,
+                    grid_seeds[name],
+                    learning_rate_scale,
+                    timesteps,
+                    half,
+                    batched if name == engine else None,
                 )
-            # ru_maxrss of the children is the largest child's peak (KiB on Linux); the workers are the children
-            results[engine]["peak_worker_rss_gib"] = (
-                max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 2**20
-            )
-            results[engine]["runs"] = len(grid([task], algorithms, seeds, [learning_rate_scale]))
-            results[engine]["steps"] = _steps(directory)
-        if not side_by_side:
+                for name in grid_seeds
+            }
+            results.update(_side_by_side(commands, Path(folder)))
+            for name, engine_seeds in grid_seeds.items():
+                results[name].update(runs=runs(engine_seeds), steps=_steps(Path(folder) / name), workers=half)
+        else:
+            for engine, compiled in engines:
+                directory = Path(folder) / engine
+                before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+                batched_grid = partial(run_batched_grid, directory, [task], algorithms, seeds, [learning_rate_scale])
+                results[engine] = _measured(
+                    partial(batched_grid, timesteps, workers=workers, group_size=group_size, compile_step=compiled)
+                )
+                # ru_maxrss of the children is the largest child's peak (KiB on Linux); the workers are the children
+                peak = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 2**20
+                results[engine].update(peak_worker_rss_gib=peak, runs=runs(seeds), steps=_steps(directory))
             sb3 = Path(folder) / "sb3"
-            sb3_grid = partial(run_grid, sb3, [task], algorithms, sb3_grid_seeds, [learning_rate_scale], timesteps)
+            sb3_grid = partial(run_grid, sb3, [task], algorithms, sb3_seeds_run, [learning_rate_scale], timesteps)
             results["sb3"] = _measured(partial(sb3_grid, threads=1, workers=workers))
-            results["sb3"]["runs"] = len(grid([task], algorithms, sb3_grid_seeds, [learning_rate_scale]))
-            results["sb3"]["steps"] = _steps(sb3)
+            results["sb3"].update(runs=runs(sb3_seeds_run), steps=_steps(sb3))
     for entry in results.values():
         entry["steps_per_cpu_second"] = entry["steps"] / entry["cpu_seconds"]
         entry["steps_per_wall_second"] = entry["steps"] / entry["wall_seconds"]
@@ -368,10 +362,9 @@ def throughput_markdown(result: dict[str, Any]) -> str:
         f"batched groups of at most {settings.get('group_size', len(settings['seeds']))} agents.",
     ]
     if settings.get("side_by_side"):
-        half = max(1, settings["workers"] // 2)
         lines.append(
-            f"Side by side: both engines trained at the same time, {half} worker process(es) each; each engine's "
-            "CPU and wall seconds are its own command's."
+            f"Side by side: both engines trained at the same time, {result['sb3']['workers']} worker process(es) "
+            "each; each engine's CPU and wall seconds are its own command's."
         )
     lines += [
         "",
