@@ -34,7 +34,7 @@ from sb3_ppo_variants.benchmark.extension_study import (
 from sb3_ppo_variants.benchmark.provenance import machine
 from sb3_ppo_variants.benchmark.replication import compare_runs, format_comparison
 from sb3_ppo_variants.benchmark.sensitivity import SENSITIVITY_ARMS, write_sensitivity_report
-from sb3_ppo_variants.benchmark.tasks import TASKS
+from sb3_ppo_variants.benchmark.tasks import SB3_ROLLOUT_SHAPE, TASKS
 
 SHARED = "pilot/CartPole-v1-shared"
 SEPARATE = "pilot/CartPole-v1-separate"
@@ -554,3 +554,41 @@ def test_the_sensitivity_family_is_the_documented_command_s_arms() -> None:
         and "--runs benchmark_runs/extension_sensitivity --tasks pilot/" in line
     ]
     assert tuple(command.split("--algorithms ")[1].split()) == SENSITIVITY_ARMS
+
+
+def test_the_third_shape_is_sb3s_own_ppo_rollout_and_competes_for_the_same_slots() -> None:
+    import inspect
+
+    from stable_baselines3 import PPO
+
+    from sb3_ppo_variants.benchmark.extension_study import task_kind
+
+    defaults = {name: parameter.default for name, parameter in inspect.signature(PPO).parameters.items()}
+    for environment in ("CartPole-v1", "Acrobot-v1"):
+        for trunk in ("separate", "shared"):
+            task = TASKS[f"pilot/{environment}-{trunk}-2048"]
+            assert task.n_envs == 1
+            for name in ("n_steps", "batch_size", "n_epochs"):
+                assert task.hyperparameters[name] == defaults[name]
+            # the pilot's task in its first shape, but for the shape
+            other = TASKS[f"pilot/{environment}-{trunk}"]
+            assert {**other.hyperparameters, **SB3_ROLLOUT_SHAPE} == task.hyperparameters
+            assert (task.timesteps, task.eval_every, task.threshold) == (
+                other.timesteps,
+                other.eval_every,
+                other.threshold,
+            )
+            kind = task_kind(f"pilot/{environment}-{trunk}-2048")
+            assert kind == {**task_kind(f"pilot/{environment}-{trunk}"), "rollout": "1×2048, minibatch 64, 10 epochs"}
+    # a qualifying candidate in the new shape at a kept setting's slot cannot be the third
+    table = pilot_table(
+        candidates(
+            (SHARED, 0.01, 20, 20, 8),
+            (SHARED + "-2048", 0.01, 20, 20, 10),
+            ("pilot/Acrobot-v1-shared-2048", 0.02, 20, 20, 7),
+        )
+    )
+    assert chosen(select_settings(table, keep=[(SHARED, 0.01)])) == [
+        (SHARED, 0.01),
+        ("pilot/Acrobot-v1-shared-2048", 0.02),
+    ]

@@ -184,13 +184,14 @@ def _pilot(
     max_score: float,
     threshold: float,
     shape: dict[str, Any] | None = None,
+    n_envs: int = 8,
 ) -> Task:
     hyperparameters = {**PILOT_HYPERPARAMETERS, **(shape or {})}
     if shared:
         hyperparameters["policy_kwargs"] = SHARED_TRUNK
     return Task(
         env_id=env_id,
-        n_envs=8,
+        n_envs=n_envs,
         hyperparameters=hyperparameters,
         linear_learning_rate=False,
         timesteps=300_000,
@@ -214,6 +215,17 @@ TASKS.update(
         "pilot/CartPole-v1-shared-zoo": _pilot("CartPole-v1", True, *_CARTPOLE_SCORES, shape=ZOO_ROLLOUT_SHAPE),
         "pilot/Acrobot-v1-separate-zoo": _pilot("Acrobot-v1", False, *_ACROBOT_SCORES, shape=ZOO_ROLLOUT_SHAPE),
         "pilot/Acrobot-v1-shared-zoo": _pilot("Acrobot-v1", True, *_ACROBOT_SCORES, shape=ZOO_ROLLOUT_SHAPE),
+    }
+)
+
+# SB3's own PPO rollout shape (one env × 2048 steps, minibatches of 64, 10 epochs: ``PPO("MlpPolicy", env)``'s
+# defaults), the pilot's third shape (docs/benchmarks.md, third amendment of 2026-12-07)
+SB3_ROLLOUT_SHAPE: dict[str, Any] = dict(n_steps=2048, batch_size=64, n_epochs=10)
+TASKS.update(
+    {
+        f"pilot/{env_id}-{trunk}-2048": _pilot(env_id, trunk == "shared", *scores, shape=SB3_ROLLOUT_SHAPE, n_envs=1)
+        for env_id, scores in (("CartPole-v1", _CARTPOLE_SCORES), ("Acrobot-v1", _ACROBOT_SCORES))
+        for trunk in ("separate", "shared")
     }
 )
 
