@@ -458,6 +458,27 @@ def test_a_compiled_step_trains_as_the_eager_step():
             th.testing.assert_close(arm.pseudo_entropy_average, expected.pseudo_entropy_average)
 
 
+def test_a_compiled_trainer_keeps_its_own_step_after_another_compiles_one():
+    """The compiled step skips the guards on module globals only: a trainer built and compiled after another,
+    with another loss, does not hand its graph to the first (whose arms' options are guarded)."""
+
+    def trained(compile_step: bool) -> BatchedPPO:
+        first = BatchedPPO([0, 1], learning_rate=3e-3, compile_step=compile_step, **SMALL)
+        first.update(first.collect_rollout())
+        other = LossOptions(clip_range=0.05, dual_clip=2.0)
+        second = BatchedPPO(
+            [0, 1], learning_rate=3e-3, arms=[Arm(2, options=other)], compile_step=compile_step, **SMALL
+        )
+        second.update(second.collect_rollout())
+        first.update(first.collect_rollout())
+        return first
+
+    eager, compiled = trained(False), trained(True)
+    for agent in range(2):
+        for name, expected in _parameters(eager, agent).items():
+            th.testing.assert_close(_parameters(compiled, agent)[name], expected, rtol=1e-5, atol=1e-5, msg=name)
+
+
 def test_compile_step_is_refused_where_torch_compile_does_not_work(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("no C++ compiler found")

@@ -32,7 +32,7 @@ from torch.profiler import record_function
 
 from sb3_ppo_variants import objectives
 from sb3_ppo_variants.batched.network import StackedActorCritic
-from sb3_ppo_variants.batched.optim import StackedAdam, clip_grad_norms
+from sb3_ppo_variants.batched.optim import StackedAdam, clip_grad_norms, compile_function
 from sb3_ppo_variants.batched.rollout import agents_environment, generalized_advantages
 from sb3_ppo_variants.loss import LossOptions, Minibatch, PolicyEvaluation, variant_ppo_loss
 from sb3_ppo_variants.variant_ppo import KL_COEF_FLOOR, VariantPPO
@@ -558,7 +558,7 @@ class BatchedPPO:
         if compile_step:
             # dynamo caches a compiled method by its code, shared by every trainer: start afresh for this one's
             th.compiler.reset()
-            self._losses = th.compile(self._eager_losses, dynamic=False)
+            self._losses = compile_function(self._eager_losses)
 
     @property
     def n_agents(self) -> int:
