@@ -134,6 +134,9 @@ def test_the_hidden_activation_is_torchs_tanh_and_its_gradient():
     (outputs * weights).sum().backward()
     (expected * weights).sum().backward()
     th.testing.assert_close(ours.grad, reference.grad, rtol=0, atol=2e-6)
+    # without a gradient (rollouts, evaluations) the same values, bit for bit, without autograd's Function
+    with th.no_grad():
+        assert th.equal(tanh(inputs), outputs.detach())
 
 
 def test_initialisation_is_orthogonal_with_sb3s_gains_and_per_agent():
