@@ -139,6 +139,32 @@ def test_the_hidden_activation_is_torchs_tanh_and_its_gradient():
         assert th.equal(tanh(inputs), outputs.detach())
 
 
+@pytest.mark.parametrize(
+    "shape", [(4, 64), (6, 64), (64, 64), (64, 2), (64, 1)], ids=lambda shape: "x".join(map(str, shape))
+)
+def test_every_linear_layer_has_autograds_gradients_whichever_orientation_computes_them(shape):
+    """``dense``: the observation layers through autograd's ``baddbmm``, the 64-wide ones as ``gᵀ x``
+    (``_WideLinear``), the same values; and without a gradient, ``_linear`` itself."""
+    from sb3_ppo_variants.batched.network import WIDE_INPUTS, _linear, dense
+
+    inputs_width, outputs_width = shape
+    generator = th.Generator().manual_seed(0)
+    inputs, weight, bias = (
+        th.randn(size, generator=generator, requires_grad=True)
+        for size in ((5, 64, inputs_width), (5, outputs_width, inputs_width), (5, outputs_width))
+    )
+    upstream = th.randn(5, 64, outputs_width, generator=generator)
+    outputs = dense(inputs, weight, bias)
+    wide = type(outputs.grad_fn).__name__ == "_WideLinearBackward"
+    assert wide == (inputs_width >= WIDE_INPUTS)
+    expected = th.autograd.grad((_linear(inputs, weight, bias) * upstream).sum(), (inputs, weight, bias))
+    gradients = th.autograd.grad((outputs * upstream).sum(), (inputs, weight, bias))
+    for got, want, name in zip(gradients, expected, "xwb", strict=True):
+        th.testing.assert_close(got, want, rtol=1e-6, atol=1e-5, msg=name)
+    with th.no_grad():
+        assert th.equal(dense(inputs, weight, bias), _linear(inputs, weight, bias))
+
+
 def test_initialisation_is_orthogonal_with_sb3s_gains_and_per_agent():
     generators = [th.Generator().manual_seed(seed) for seed in (5, 6)]
     network = StackedActorCritic.initialise(4, 2, generators)
