@@ -113,6 +113,12 @@ NOT_RUN_HERE = [
     ),
     (
         "docs/benchmarks.md",
+        "# the third amendment's rule",
+        "the same pilot --keep command as the second amendment's, which qualifies only with the pilot's own runs; "
+        "tests/test_extension_study.py::test_the_pilot_and_extension_commands_end_to_end runs pilot --keep",
+    ),
+    (
+        "docs/benchmarks.md",
         "python -m sb3_ppo_variants.benchmark throughput --output docs/results/throughput --compile",
         "tests/test_throughput.py::test_throughput_trains_both_engines_and_profiles_a_group runs the same command "
         "on a smaller grid, --compile included",
